@@ -1,0 +1,29 @@
+"""Errors a user can fix, and the wrapper that turns them into a one-line message and exit 1."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+
+class PipelineError(Exception):
+    """Bad input or params: reported as one line naming the file or key at fault."""
+
+
+class ConfigError(PipelineError):
+    """A params.yaml key is unknown, missing or has a bad value."""
+
+
+def cli(main: Callable[..., None]) -> Callable[..., None]:
+    """Run a stage's `main()`, printing `error: ...` and exiting 1 on a PipelineError."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except PipelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
+
+    return wrapper

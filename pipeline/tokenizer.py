@@ -1,0 +1,115 @@
+"""Tokenizers behind one small interface, loaded offline from the `vocab` stage's output folder.
+
+`vocab/tokenizer.json` says which kind it is:
+- tiktoken: BPE ranks in `ranks.tiktoken` (tiktoken's own file format), split pattern, special tokens;
+- char: the characters seen in the sources, in `chars.json`; unknown characters map to one id.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+TOKENIZER_FILE = "tokenizer.json"
+RANKS_FILE = "ranks.tiktoken"
+CHARS_FILE = "chars.json"
+EOS_TEXT = "<|endoftext|>"
+
+
+class Tokenizer(Protocol):
+    name: str
+    vocab_size: int
+    eos_id: int
+    pad_id: int  # equals eos_id: padding is never a target, the loss mask says which positions count
+
+    def encode(self, text: str) -> np.ndarray: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class TiktokenTokenizer:
+    """A tiktoken BPE (GPT-2's r50k ranks by default) built from local files only."""
+
+    def __init__(self, name: str, ranks_path: Path, pat_str: str, special_tokens: dict[str, int], eos_text: str):
+        import tiktoken
+        from tiktoken.load import load_tiktoken_bpe
+
+        ranks = load_tiktoken_bpe(str(ranks_path))
+        self._encoding = tiktoken.Encoding(
+            name=name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens=special_tokens
+        )
+        self.name = name
+        self.vocab_size = self._encoding.n_vocab
+        self.eos_id = special_tokens[eos_text]
+        self.pad_id = self.eos_id
+        self._dtype = np.uint16 if self.vocab_size <= 1 << 16 else np.uint32
+
+    def encode(self, text: str) -> np.ndarray:
+        """Ordinary text only: a literal '<|endoftext|>' in the text is not the EOS token."""
+        return np.asarray(self._encoding.encode_ordinary(text), dtype=self._dtype)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._encoding.decode([int(i) for i in ids])
+
+
+class CharTokenizer:
+    """Character-level: id 0 is EOS, id 1 stands for any unknown character, then one id per character."""
+
+    EOS_ID = 0
+    UNK_ID = 1
+
+    def __init__(self, chars: str):
+        self.name = "char"
+        self.chars = chars
+        self.vocab_size = len(chars) + 2
+        self.eos_id = self.EOS_ID
+        self.pad_id = self.EOS_ID
+        codepoints = np.frombuffer(chars.encode("utf-32-le"), dtype=np.uint32)
+        self._lookup = np.full(int(codepoints.max(initial=0)) + 1, self.UNK_ID, dtype=np.uint32)
+        self._lookup[codepoints] = np.arange(2, self.vocab_size, dtype=np.uint32)
+        self._dtype = np.uint16 if self.vocab_size <= 1 << 16 else np.uint32
+
+    def encode(self, text: str) -> np.ndarray:
+        codepoints = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        known = codepoints < len(self._lookup)
+        ids = np.full(len(codepoints), self.UNK_ID, dtype=np.uint32)
+        ids[known] = self._lookup[codepoints[known]]
+        return ids.astype(self._dtype)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        out = []
+        for i in ids:
+            i = int(i)
+            out.append(EOS_TEXT if i == self.EOS_ID else "\ufffd" if i == self.UNK_ID else self.chars[i - 2])
+        return "".join(out)
+
+    def unknown_chars(self, text: str) -> set[str]:
+        """Characters of `text` this vocabulary does not know."""
+        return {c for c in set(text) if c not in self._known}
+
+    @property
+    def _known(self) -> set[str]:
+        return set(self.chars)
+
+
+def load_tokenizer(vocab_dir: str | Path) -> Tokenizer:
+    """Load the tokenizer saved by the `vocab` stage. Never touches the network."""
+    vocab_dir = Path(vocab_dir)
+    spec_path = vocab_dir / TOKENIZER_FILE
+    if not spec_path.is_file():
+        raise PipelineError(f"{spec_path}: not found (run `dvc repro vocab` first)")
+    spec = json.loads(spec_path.read_text())
+    if spec["kind"] == "char":
+        return CharTokenizer(json.loads((vocab_dir / CHARS_FILE).read_text())["chars"])
+    return TiktokenTokenizer(
+        name=spec["name"],
+        ranks_path=vocab_dir / RANKS_FILE,
+        pat_str=spec["pat_str"],
+        special_tokens=spec["special_tokens"],
+        eos_text=spec["eos_text"],
+    )

@@ -1,0 +1,138 @@
+"""The `vocab` stage: put the tokenizer's files in `data/vocab/`, so loading never needs the network.
+
+- gpt2: GPT-2's BPE ranks (tiktoken's r50k_base file, sha256 checked). Taken from a local cache,
+  else from tiktoken's own download, else from the `openai-whisper` source distribution on the
+  package index, which ships the same bytes as `whisper/assets/gpt2.tiktoken`.
+- another tiktoken encoding: fetched through tiktoken (network or its cache), saved as ranks.
+- char: the sorted set of characters in all configured sources.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from pipeline.config import SourceConfig, TokenizerConfig, load_params
+from pipeline.errors import PipelineError, cli
+from pipeline.io import atomic_dir, write_json
+from pipeline.sources import iter_documents
+from pipeline.tokenizer import CHARS_FILE, EOS_TEXT, RANKS_FILE, TOKENIZER_FILE
+
+VOCAB_DIR = Path("data/vocab")
+GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+WHISPER_SDIST = "openai-whisper==20250625"
+WHISPER_MEMBER = "whisper/assets/gpt2.tiktoken"
+
+
+def cache_dir() -> Path:
+    """Per-user cache for downloaded vocabularies (`TINYGPT_CACHE`, else XDG cache)."""
+    base = os.environ.get("TINYGPT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tinygpt"
+    return Path(base)
+
+
+def serialize_ranks(ranks: dict[bytes, int]) -> bytes:
+    """tiktoken's file format: one `base64(token) rank` line per token, by rank."""
+    lines = (base64.b64encode(token) + b" " + str(rank).encode() for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
+    return b"\n".join(lines) + b"\n"
+
+
+def gpt2_ranks_bytes() -> bytes:
+    """GPT-2's BPE ranks file, verified against its sha256, from the first source that works."""
+    cached = cache_dir() / "gpt2.tiktoken"
+    if cached.is_file() and hashlib.sha256(cached.read_bytes()).hexdigest() == GPT2_SHA256:
+        return cached.read_bytes()
+    for fetch in (_gpt2_from_tiktoken, _gpt2_from_whisper_sdist):
+        try:
+            data = fetch()
+        except Exception as exc:  # noqa: BLE001 - any failure means: try the next source
+            print(f"vocab: {fetch.__doc__.strip()} failed: {str(exc).splitlines()[0][:200]}", file=sys.stderr)
+            continue
+        if hashlib.sha256(data).hexdigest() == GPT2_SHA256:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".tmp-{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, cached)
+            return data
+        print(f"vocab: {fetch.__doc__.strip()} gave a file with the wrong sha256", file=sys.stderr)
+    raise PipelineError("tokenizer.name=gpt2: could not obtain GPT-2's BPE file (no network and no package index?)")
+
+
+def _gpt2_from_tiktoken() -> bytes:
+    """tiktoken's own r50k_base download"""
+    from tiktoken_ext.openai_public import r50k_base
+
+    return serialize_ranks(r50k_base()["mergeable_ranks"])
+
+
+def _gpt2_from_whisper_sdist() -> bytes:
+    """the openai-whisper source distribution"""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", "-d", tmp, WHISPER_SDIST],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        (archive,) = Path(tmp).glob("*.tar.gz")
+        with tarfile.open(archive) as tar:
+            member = next(m for m in tar.getmembers() if m.name.endswith(WHISPER_MEMBER))
+            return tar.extractfile(member).read()
+
+
+def tiktoken_spec(name: str) -> tuple[dict, bytes]:
+    """tokenizer.json contents and ranks-file bytes for a tiktoken encoding."""
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    if name == "gpt2":
+        return {"kind": "tiktoken", "name": "gpt2", "pat_str": r50k_pat_str, "special_tokens": {EOS_TEXT: 50256}}, gpt2_ranks_bytes()
+    from tiktoken.registry import ENCODING_CONSTRUCTORS, _find_constructors
+
+    _find_constructors()
+    try:
+        spec = ENCODING_CONSTRUCTORS[name]()
+    except Exception as exc:  # noqa: BLE001 - network or cache failure inside tiktoken
+        raise PipelineError(f"tokenizer.name={name}: tiktoken could not load it ({str(exc).splitlines()[0][:200]})") from None
+    if EOS_TEXT not in spec["special_tokens"]:
+        raise PipelineError(f"tokenizer.name={name}: the encoding has no {EOS_TEXT} token")
+    meta = {"kind": "tiktoken", "name": name, "pat_str": spec["pat_str"], "special_tokens": spec["special_tokens"]}
+    return meta, serialize_ranks(spec["mergeable_ranks"])
+
+
+def char_vocabulary(sources: dict[str, SourceConfig]) -> str:
+    """Every character that occurs in the configured sources, sorted by code point."""
+    seen: set[str] = set()
+    for name, cfg in sources.items():
+        for text in iter_documents(cfg, f"sources.{name}"):
+            seen.update(text)
+    return "".join(sorted(seen))
+
+
+def build_vocab(cfg: TokenizerConfig, sources: dict[str, SourceConfig], out_dir: Path) -> None:
+    """Write the tokenizer files for `cfg.name` into `out_dir` (replaced whole, atomically)."""
+    if cfg.name == "char":
+        chars = char_vocabulary(sources)
+        with atomic_dir(out_dir) as tmp:
+            write_json(tmp / CHARS_FILE, {"chars": chars})
+            write_json(tmp / TOKENIZER_FILE, {"kind": "char", "name": "char", "vocab_size": len(chars) + 2})
+        return
+    meta, ranks = tiktoken_spec(cfg.name)
+    meta = {**meta, "eos_text": EOS_TEXT, "ranks_sha256": hashlib.sha256(ranks).hexdigest()}
+    with atomic_dir(out_dir) as tmp:
+        (tmp / RANKS_FILE).write_bytes(ranks)
+        write_json(tmp / TOKENIZER_FILE, meta)
+
+
+@cli
+def main() -> None:
+    params = load_params()
+    build_vocab(params.tokenizer, params.sources, VOCAB_DIR)
+
+
+if __name__ == "__main__":
+    main()
