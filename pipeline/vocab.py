@@ -47,11 +47,12 @@ def gpt2_ranks_bytes() -> bytes:
     cached = cache_dir() / "gpt2.tiktoken"
     if cached.is_file() and hashlib.sha256(cached.read_bytes()).hexdigest() == GPT2_SHA256:
         return cached.read_bytes()
-    for fetch in (_gpt2_from_tiktoken, _gpt2_from_whisper_sdist):
+    fetchers = {"tiktoken's own download": _gpt2_from_tiktoken, WHISPER_SDIST: _gpt2_from_whisper_sdist}
+    for label, fetch in fetchers.items():
         try:
             data = fetch()
         except Exception as exc:  # noqa: BLE001 - any failure means: try the next source
-            print(f"vocab: {fetch.__doc__.strip()} failed: {str(exc).splitlines()[0][:200]}", file=sys.stderr)
+            print(f"vocab: GPT-2 BPE from {label} failed: {str(exc).splitlines()[0][:200]}", file=sys.stderr)
             continue
         if hashlib.sha256(data).hexdigest() == GPT2_SHA256:
             cached.parent.mkdir(parents=True, exist_ok=True)
@@ -59,19 +60,19 @@ def gpt2_ranks_bytes() -> bytes:
             tmp.write_bytes(data)
             os.replace(tmp, cached)
             return data
-        print(f"vocab: {fetch.__doc__.strip()} gave a file with the wrong sha256", file=sys.stderr)
+        print(f"vocab: GPT-2 BPE from {label} has the wrong sha256; ignored", file=sys.stderr)
     raise PipelineError("tokenizer.name=gpt2: could not obtain GPT-2's BPE file (no network and no package index?)")
 
 
 def _gpt2_from_tiktoken() -> bytes:
-    """tiktoken's own r50k_base download"""
+    """r50k_base through tiktoken (its cache, else its download)."""
     from tiktoken_ext.openai_public import r50k_base
 
     return serialize_ranks(r50k_base()["mergeable_ranks"])
 
 
 def _gpt2_from_whisper_sdist() -> bytes:
-    """the openai-whisper source distribution"""
+    """`whisper/assets/gpt2.tiktoken` from the openai-whisper sdist (the package is never installed)."""
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", "-d", tmp, WHISPER_SDIST],

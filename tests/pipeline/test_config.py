@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import Params, load_params
+from pipeline.errors import ConfigError
+from tests.conftest import REPO
+
+
+def write(tmp_path: Path, params: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def default_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_default_params_load():
+    params = load_params(REPO / "params.yaml")
+    assert set(params.sources) == set(params.mix.weights)
+    assert params.tokenizer.name == "gpt2"
+    assert params.pack.mode in ("concat", "pad", "bestfit")
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda p: p.update(sead=1), "sead"),
+        (lambda p: p["mix"].update(weigths={}), "mix.weigths"),
+        (lambda p: p["sources"]["prose"].update(txt_field="x"), "sources.prose.txt_field"),
+        (lambda p: p["split"].update(val_fraction=1.0), "split.val_fraction"),
+        (lambda p: p["split"].update(val_fraction=-0.1), "split.val_fraction"),
+        (lambda p: p["pack"].update(context_length=1), "pack.context_length"),
+        (lambda p: p["pack"].update(mode="zip"), "pack.mode"),
+        (lambda p: p["mix"]["weights"].update(prose=-1), "mix.weights.prose"),
+        (lambda p: p["mix"].update(weights={"prose": 0, "code": 0}), "mix.weights"),
+        (lambda p: p["mix"]["weights"].update(poetry=1), "mix.weights.poetry"),
+        (lambda p: p["mix"].update(train_tokens="many"), "mix.train_tokens"),
+        (lambda p: p["tokenizer"].update(name="bpe9000"), "tokenizer.name"),
+        (lambda p: p["sources"].update(notes={"format": "text"}), "sources.notes.path"),
+        (lambda p: p["sources"].update(notes={"format": "csv", "path": "x"}), "sources.notes.format"),
+        (lambda p: p.pop("pack"), "pack"),
+    ],
+)
+def test_bad_params_name_the_key(tmp_path, edit, key):
+    params = default_params()
+    edit(params)
+    with pytest.raises(ConfigError) as error:
+        load_params(write(tmp_path, params))
+    message = str(error.value)
+    assert key in message and "\n" not in message
+
+
+def test_missing_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("mix: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_params(tmp_path / "bad.yaml")
+
+
+def config_keys(cls, prefix: str = "") -> set[str]:
+    """Dotted keys of every section and field of the config classes (dict entries as `<name>`)."""
+    keys = set()
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        keys.add(key)
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys |= config_keys(hint, key + ".")
+        elif typing.get_origin(hint) is dict:
+            keys.add(f"{key}.<name>")
+            value = typing.get_args(hint)[1]
+            if dataclasses.is_dataclass(value):
+                keys |= config_keys(value, f"{key}.<name>.")
+    return keys
+
+
+def dvc_params() -> set[str]:
+    """Every params key named by a stage of dvc.yaml (foreach keys written as `<name>`)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    named = set()
+    for stage in stages.values():
+        body = stage.get("do", stage)
+        for entry in body.get("params", []):
+            for key in entry if isinstance(entry, dict) else [entry]:
+                named.add(key.replace("${key}", "<name>"))
+    return named
+
+
+def test_dvc_yaml_params_match_config_classes():
+    known = config_keys(Params)
+    named = dvc_params()
+    assert named, "dvc.yaml names no params"
+    assert named <= known, f"dvc.yaml names params the config lacks: {sorted(named - known)}"
+    covered = {key.split(".")[0] for key in named}
+    sections = {f.name for f in dataclasses.fields(Params)}
+    assert sections <= covered, f"config sections no stage declares: {sorted(sections - covered)}"
+
+
+def test_params_yaml_keys_are_config_keys():
+    def leaves(data, prefix=""):
+        for key, value in data.items():
+            dotted = f"{prefix}{key}"
+            yield dotted
+            if isinstance(value, dict):
+                yield from leaves(value, dotted + ".")
+
+    known = config_keys(Params)
+    raw = default_params()
+    names = {f"sources.{n}": "sources.<name>" for n in raw["sources"]} | {f"mix.weights.{n}": "mix.weights.<name>" for n in raw["mix"]["weights"]}
+    for key in leaves(raw):
+        generic = key
+        for concrete, pattern in names.items():
+            if key == concrete or key.startswith(concrete + "."):
+                generic = pattern + key[len(concrete):]
+        assert generic in known, f"params.yaml key {key} is not in the config classes"

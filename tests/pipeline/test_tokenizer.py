@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from pipeline.config import SourceConfig, TokenizerConfig
+from pipeline.errors import PipelineError
+from pipeline.tokenizer import CharTokenizer, load_tokenizer
+from pipeline.vocab import GPT2_SHA256, build_vocab, tiktoken_spec
+
+
+def test_gpt2_loads_offline_and_matches_known_ids(gpt2_vocab, monkeypatch):
+    import requests
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the tokenizer must not touch the network")
+
+    monkeypatch.setattr(requests, "get", no_network)
+    tok = load_tokenizer(gpt2_vocab)
+    assert hashlib.sha256((gpt2_vocab / "ranks.tiktoken").read_bytes()).hexdigest() == GPT2_SHA256
+    assert tok.encode("Hello world").tolist() == [15496, 995]
+    assert (tok.vocab_size, tok.eos_id, tok.pad_id) == (50257, 50256, 50256)
+    assert tok.encode("x").dtype == np.uint16
+    text = "def f(x):\n    return x ** 2  # café ✓"
+    assert tok.decode(tok.encode(text)) == text
+    assert 50256 not in tok.encode("<|endoftext|>").tolist(), "a literal EOS string is ordinary text"
+
+
+def test_whisper_fallback_gives_the_same_file(monkeypatch, tmp_path):
+    """With tiktoken's download failing and no cache, the sdist on the package index is used."""
+    import pipeline.vocab as vocab
+
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+
+    def offline():
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(vocab, "_gpt2_from_tiktoken", offline)
+    data = vocab.gpt2_ranks_bytes()
+    assert hashlib.sha256(data).hexdigest() == GPT2_SHA256
+    assert (tmp_path / "cache" / "gpt2.tiktoken").read_bytes() == data
+
+
+def test_gpt2_fails_cleanly_when_nothing_works(monkeypatch, tmp_path):
+    import pipeline.vocab as vocab
+
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(vocab, "_gpt2_from_tiktoken", lambda: b"wrong")
+
+    def no_index():
+        raise OSError("no index")
+
+    monkeypatch.setattr(vocab, "_gpt2_from_whisper_sdist", no_index)
+    with pytest.raises(PipelineError, match="tokenizer.name=gpt2"):
+        build_vocab(TokenizerConfig(name="gpt2"), {}, tmp_path / "vocab")
+    assert not (tmp_path / "vocab").exists(), "no half-written output"
+
+
+def test_char_vocab_from_sources(tmp_path):
+    (tmp_path / "a.txt").write_text("hello")
+    (tmp_path / "b.txt").write_text("world!")
+    sources = {"a": SourceConfig(format="text", path=str(tmp_path / "a.txt")), "b": SourceConfig(format="text", path=str(tmp_path / "b.txt"))}
+    build_vocab(TokenizerConfig(name="char"), sources, tmp_path / "vocab")
+    tok = load_tokenizer(tmp_path / "vocab")
+    assert isinstance(tok, CharTokenizer)
+    assert tok.chars == "!dehlorw"
+    assert tok.vocab_size == len("!dehlorw") + 2
+    ids = tok.encode("hello?")
+    assert ids[-1] == tok.UNK_ID and tok.UNK_ID not in ids[:-1].tolist()
+    assert tok.decode(tok.encode("world")) == "world"
+    assert tok.unknown_chars("hey?") == {"y", "?"}
+
+
+def test_char_tokenizer_handles_astral_characters():
+    tok = CharTokenizer("ab😀")
+    assert tok.decode(tok.encode("a😀b𝄞")) == "a😀b\ufffd"
+
+
+def test_other_tiktoken_encodings_fail_cleanly_offline(monkeypatch):
+    import requests
+
+    def offline(*args, **kwargs):
+        raise requests.ConnectionError("no network")
+
+    monkeypatch.setattr(requests, "get", offline)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "/nonexistent-cache")
+    with pytest.raises(PipelineError, match="tokenizer.name=cl100k_base"):
+        tiktoken_spec("cl100k_base")
