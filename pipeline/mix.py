@@ -38,7 +38,10 @@ def source_rng(seed: int, name: str) -> np.random.Generator:
 
 
 def select_tokens(lengths: np.ndarray, target: int, rng: np.random.Generator) -> Selection:
-    """Whole epochs of all documents, then a seeded sample for the remainder, cut to hit `target`."""
+    """Whole epochs of all documents, then a seeded sample for the remainder, cut to hit `target`.
+
+    The cut document may keep 0 tokens: then it contributes its EOS alone.
+    """
     costs = lengths + 1
     total = int(costs.sum())
     epochs, remainder = divmod(target, total)
@@ -50,21 +53,30 @@ def select_tokens(lengths: np.ndarray, target: int, rng: np.random.Generator) ->
     rows.append(order[:whole])
     keep.append(lengths[order[:whole]])
     left = remainder - (int(filled[whole - 1]) if whole else 0)
-    if left >= 2:
+    if left > 0:
         rows.append(order[whole : whole + 1])
         keep.append(np.array([left - 1]))
     return Selection(rows=np.concatenate(rows).astype(np.int64), keep=np.concatenate(keep).astype(np.int64))
 
 
+def split_budget(budget: int, shares: dict[str, float]) -> dict[str, int]:
+    """Whole-token targets that add up to `budget` exactly (largest remainder, ties by name)."""
+    quotas = {name: budget * share for name, share in sorted(shares.items())}
+    targets = {name: int(q) for name, q in quotas.items()}
+    by_remainder = sorted(quotas, key=lambda name: (-(quotas[name] - targets[name]), name))
+    for name in by_remainder[: budget - sum(targets.values())]:
+        targets[name] += 1
+    return targets
+
+
 def plan_mixture(lengths: dict[str, np.ndarray], cfg: MixConfig, seed: int) -> tuple[dict[str, Selection], dict]:
     """Select documents per source for `cfg`; return the selections and the mixture report."""
     total_weight = sum(cfg.weights.values())
+    targets = split_budget(cfg.train_tokens, {n: w / total_weight for n, w in cfg.weights.items() if w > 0})
     selections, report = {}, {}
-    for name, weight in sorted(cfg.weights.items()):
-        if weight <= 0:
-            continue
+    for name, target in targets.items():
+        weight = cfg.weights[name]
         available = int((lengths[name] + 1).sum())
-        target = round(cfg.train_tokens * weight / total_weight)
         selections[name] = select_tokens(lengths[name], target, source_rng(seed, name))
         report[name] = {
             "weight": weight,

@@ -22,7 +22,7 @@ SPLITS = ("train", "val")
 
 def is_val(doc_id: str, val_fraction: float) -> bool:
     """True when the document with this content hash belongs to the validation split."""
-    return int(doc_id[:16], 16) / 2.0**64 < val_fraction
+    return int(doc_id[:16], 16) < val_fraction * 2.0**64  # exact: int vs float compare, no rounding
 
 
 def split_documents(docs: DocTable, cfg: SplitConfig, out_dir: Path, name: str) -> dict:
