@@ -14,7 +14,9 @@ import pyarrow as pa
 
 from pipeline.errors import PipelineError
 
-BATCH_DOCS = 4096
+BATCH_DOCS = 4096  # a record batch holds at most this many documents
+BATCH_TOKENS = 1 << 22  # ... or about this many tokens, so memory stays bounded whatever the document size
+ARROW_TO_NUMPY = {pa.uint16(): np.uint16, pa.uint32(): np.uint32}
 
 
 def doc_schema(dtype: np.dtype) -> pa.Schema:
@@ -36,14 +38,16 @@ class DocWriter:
         self._sink = pa.OSFile(str(path), "wb")
         self._writer = pa.ipc.new_file(self._sink, self.schema)
         self._pending: list[tuple[str, str, np.ndarray]] = []
+        self._pending_tokens = 0
         self.docs = 0
         self.tokens = 0
 
     def write(self, doc_id: str, source: str, tokens: np.ndarray) -> None:
         self._pending.append((doc_id, source, tokens))
+        self._pending_tokens += len(tokens)
         self.docs += 1
         self.tokens += len(tokens)
-        if len(self._pending) >= BATCH_DOCS:
+        if len(self._pending) >= BATCH_DOCS or self._pending_tokens >= BATCH_TOKENS:
             self._flush()
 
     def _flush(self) -> None:
@@ -53,11 +57,12 @@ class DocWriter:
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
         offsets = np.zeros(len(seqs) + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
-        values = np.concatenate(seqs).astype(self.dtype, copy=False) if seqs else np.zeros(0, self.dtype)
-        tokens = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-        batch = pa.record_batch([pa.array(ids, pa.string()), pa.array(sources, pa.string()), tokens], self.schema)
+        values = np.concatenate(seqs).astype(self.dtype, copy=False)
+        tokens = pa.ListArray.from_arrays(_numeric(offsets), _numeric(values))
+        batch = pa.record_batch([_strings(ids), _strings(sources), tokens], self.schema)
         self._writer.write_batch(batch)
         self._pending.clear()
+        self._pending_tokens = 0
 
     def close(self) -> None:
         self._flush()
@@ -75,6 +80,18 @@ class DocWriter:
             self._sink.close()
 
 
+def _numeric(values: np.ndarray) -> pa.Array:
+    """A numpy array as an Arrow array, zero-copy (pa.array would import pandas: slow to start)."""
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
+def _strings(texts: tuple[str, ...]) -> pa.Array:
+    data = [t.encode() for t in texts]
+    offsets = np.zeros(len(data) + 1, dtype=np.int32)
+    np.cumsum([len(d) for d in data], out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+
+
 class DocTable:
     """A memory-mapped documents file: `len()`, `tokens(i)`, `lengths`, `doc_ids`, `sources`."""
 
@@ -84,7 +101,7 @@ class DocTable:
             raise PipelineError(f"{path}: not found")
         self.path = path
         reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
-        self.dtype = reader.schema.field("tokens").type.value_type.to_pandas_dtype()
+        self.dtype = np.dtype(ARROW_TO_NUMPY[reader.schema.field("tokens").type.value_type])
         self._values: list[np.ndarray] = []
         self._offsets: list[np.ndarray] = []
         ids, sources = [], []

@@ -51,7 +51,11 @@ class TiktokenTokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         """Ordinary text only: a literal '<|endoftext|>' in the text is not the EOS token."""
-        return np.asarray(self._encoding.encode_ordinary(text), dtype=self._dtype)
+        try:
+            ids = self._encoding.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+        except UnicodeEncodeError:  # lone surrogates: encode_ordinary repairs them, encode_to_numpy cannot
+            ids = self._encoding.encode_ordinary(text)
+        return np.asarray(ids).astype(self._dtype, copy=False)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._encoding.decode([int(i) for i in ids])
