@@ -152,6 +152,37 @@ class SampleConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Instruction fine-tuning (`python -m model.finetune`): Alpaca-format records, loss on responses only."""
+
+    data: str = "data/instructions.jsonl"  # records (.json list or .jsonl): instruction, optional input, output
+    init_from: str = "data/model"  # a tinyGPT checkpoint folder or a Hugging Face GPT-2 folder
+    vocab: str = "data/vocab"  # tokenizer folder, used when init_from has no tokenizer/ (Hugging Face folders)
+    epochs: int = 2  # passes over the records
+    batch_size: int = 4  # records per optimizer step (padded to the longest)
+    lr: float = 3e-4  # peak learning rate
+    min_lr: float = 3e-5  # cosine decays to this at the last step
+    warmup_iters: int = 2  # linear warmup steps
+    weight_decay: float = 0.1  # AdamW decay on 2-D weights only
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    dropout: Optional[float] = None  # override the checkpoint's dropout (None: keep it)
+    device: str = "auto"  # cpu | cuda | cuda:N | auto (cuda when available)
+
+    def validate(self, key: str) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_iters < 0:
+            raise ConfigError(f"{key}.warmup_iters must be >= 0, got {self.warmup_iters}")
+        if not 0.0 < self.lr or not 0.0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"{key}.lr must be > 0 and {key}.min_lr in [0, lr]; got {self.lr}, {self.min_lr}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{key}.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
 class WandbConfig:
     mode: Literal["offline", "online", "disabled"] = "offline"
     project: str = "tinygpt"
@@ -172,6 +203,7 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def validate(self, key: str) -> None:
         if not self.sources:

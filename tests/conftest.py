@@ -6,11 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.config import TokenizerConfig
 from pipeline.vocab import build_vocab
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Tiny models run fastest on one thread, and tests must not fight each other (or CI's 2 cores) for threads.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,198 @@
+"""The `evaluate` stage: loss and perplexity of the trained model on every source's validation blocks.
+
+`python -m model.evaluate` reads `data/model/` and `data/packed/val/<source>/` and writes the flat
+DVC metric `metrics/eval.json`: `loss`, `perplexity`, `tokens` over all sources (token-weighted),
+and `loss_<source>`, `perplexity_<source>`, `tokens_<source>` for each. A source without
+validation blocks reports `tokens_<source>: 0` and null loss/perplexity. `unigram_loss[_<source>]`
+is the baseline a model without context gets on the same targets (from `data/packed/train`).
+
+Also home of the helpers the trainer shares: device choice, data/model compatibility checks and
+block scoring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from pipeline.blocks import Blocks, load_blocks
+from pipeline.config import EvaluateConfig, load_params
+from pipeline.errors import PipelineError, cli
+from pipeline.io import read_json, write_json
+
+MODEL_DIR = Path("data/model")
+VAL_DIR = Path("data/packed/val")
+TRAIN_DIR = Path("data/packed/train")
+METRICS_FILE = Path("metrics/eval.json")
+TRAIN_MANIFEST_FILE = "train_manifest.json"  # the train data's manifest, saved beside the model
+
+
+def resolve_device(name: str) -> torch.device:
+    """`cpu`, `cuda`, `cuda:N`, or `auto` (cuda when available)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PipelineError(f"device '{name}': CUDA is not available on this machine (use cpu or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise PipelineError(f"device '{name}': not a device (use cpu, cuda, cuda:N or auto)") from None
+
+
+def autocast_for(device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast on CUDA, nothing on CPU."""
+    if device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def tokenizer_name(manifest: dict) -> Optional[str]:
+    """The tokenizer named by a manifest (`tokenizer` may be a name or a mapping with one)."""
+    value = manifest.get("tokenizer")
+    if isinstance(value, dict):
+        value = value.get("name") or value.get("kind")
+    return value
+
+
+def check_compatible(
+    manifest: dict, where: str | Path, vocab_size: int, block_size: int, tokenizer: Optional[str], model_label: str
+) -> None:
+    """Refuse data whose tokenizer, vocab size or context length does not fit the model: one-line PipelineError."""
+    data_tok = tokenizer_name(manifest)
+    if tokenizer is not None and data_tok is not None and data_tok != tokenizer:
+        raise PipelineError(f"{where}: data tokenized with '{data_tok}' but {model_label} uses '{tokenizer}'")
+    if int(manifest["vocab_size"]) != vocab_size:
+        raise PipelineError(
+            f"{where}: vocab size {manifest['vocab_size']} does not match {model_label} (vocab size {vocab_size})"
+        )
+    if int(manifest["context_length"]) > block_size:
+        raise PipelineError(
+            f"{where}: context length {manifest['context_length']} exceeds {model_label} block size {block_size}"
+        )
+
+
+def load_val_sets(val_dir: str | Path) -> dict[str, Blocks]:
+    """Every `<val_dir>/<source>/` block folder, by source name (sorted)."""
+    val_dir = Path(val_dir)
+    if not val_dir.is_dir():
+        raise PipelineError(f"{val_dir}: not found (run `dvc repro pack` first?)")
+    return {p.name: load_blocks(p) for p in sorted(val_dir.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+
+
+@torch.no_grad()
+def score_blocks(
+    model: torch.nn.Module,
+    blocks: Blocks,
+    rows: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    doc_mask: bool = False,
+) -> tuple[float, int]:
+    """Sum of the per-token cross-entropy over the loss-masked targets of `rows`, and their count."""
+    autocast = autocast_for(device)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        batch = {k: torch.from_numpy(v).to(device) for k, v in blocks.batch(rows[start : start + batch_size]).items()}
+        n = int(batch["loss_mask"].sum())
+        if n == 0:
+            continue
+        with autocast():
+            _, loss = model(
+                batch["inputs"],
+                targets=batch["targets"],
+                loss_mask=batch["loss_mask"],
+                segment_ids=batch["segment_ids"] if doc_mask else None,
+            )
+        total += float(loss) * n
+        count += n
+    model.train(was_training)
+    return total, count
+
+
+def score_sources(
+    model: torch.nn.Module, val: dict[str, Blocks], max_blocks: int, batch_size: int, device: torch.device
+) -> dict:
+    """Flat metrics: loss/perplexity/tokens overall (token-weighted) and per source, on the first `max_blocks` (0: all)."""
+    doc_mask = bool(getattr(model.config, "doc_mask", False))
+    metrics: dict = {}
+    total, count = 0.0, 0
+    for name, blocks in val.items():
+        n = len(blocks) if max_blocks <= 0 else min(max_blocks, len(blocks))
+        s, c = score_blocks(model, blocks, np.arange(n), batch_size, device, doc_mask)
+        metrics.update(_loss_metrics(s, c, f"_{name}"))
+        total, count = total + s, count + c
+    metrics.update(_loss_metrics(total, count, ""))
+    return dict(sorted(metrics.items()))
+
+
+def unigram_baseline(train: Blocks, val: dict[str, Blocks], max_blocks: int, vocab_size: int) -> dict:
+    """Loss of the best context-free model: train target-token frequencies (add-one smoothed), scored
+    on the same val targets as the model. A trained model should sit well below it."""
+    counts = np.ones(vocab_size, dtype=np.float64)
+    for start in range(0, len(train), 4096):
+        rows = train.batch(np.arange(start, min(start + 4096, len(train))))
+        counts += np.bincount(rows["targets"][rows["loss_mask"]], minlength=vocab_size)[:vocab_size]
+    log_probs = np.log(counts / counts.sum())
+    metrics, total, count = {}, 0.0, 0
+    for name, blocks in val.items():
+        n = len(blocks) if max_blocks <= 0 else min(max_blocks, len(blocks))
+        rows = blocks.batch(np.arange(n))
+        targets = rows["targets"][rows["loss_mask"]]
+        if len(targets):
+            metrics[f"unigram_loss_{name}"] = float(-log_probs[targets].mean())
+        total, count = total - float(log_probs[targets].sum()), count + len(targets)
+    metrics["unigram_loss"] = total / count if count else None
+    return metrics
+
+
+def _loss_metrics(total: float, count: int, suffix: str) -> dict:
+    loss = total / count if count else None
+    return {
+        f"loss{suffix}": loss,
+        f"perplexity{suffix}": math.exp(min(loss, 700.0)) if loss is not None else None,
+        f"tokens{suffix}": count,
+    }
+
+
+def evaluate(model_dir: str | Path, val_dir: str | Path, cfg: EvaluateConfig, train_dir: str | Path | None = None) -> dict:
+    """Score the model saved in `model_dir` on every source under `val_dir`; return the flat metrics.
+
+    With `train_dir`, also the unigram baseline of that train data (`unigram_loss[_<source>]`)."""
+    from model.gpt import GPT
+
+    device = resolve_device(cfg.device)
+    model_dir = Path(model_dir)
+    if not (model_dir / "model_config.json").is_file():
+        raise PipelineError(f"{model_dir}: no trained model (run `dvc repro train` first?)")
+    model = GPT.load(model_dir, map_location=device).to(device)
+    trained_on = model_dir / TRAIN_MANIFEST_FILE
+    tokenizer = tokenizer_name(read_json(trained_on)) if trained_on.is_file() else None
+    val = load_val_sets(val_dir)
+    for name, blocks in val.items():
+        check_compatible(
+            blocks.manifest, Path(val_dir) / name, model.config.vocab_size, model.config.block_size,
+            tokenizer, f"the model in {model_dir}",
+        )
+    metrics = score_sources(model, val, cfg.max_blocks, cfg.batch_size, device)
+    if train_dir is not None:
+        metrics.update(unigram_baseline(load_blocks(train_dir), val, cfg.max_blocks, model.config.vocab_size))
+    return dict(sorted(metrics.items()))
+
+
+@cli
+def main() -> None:
+    params = load_params()
+    metrics = evaluate(MODEL_DIR, VAL_DIR, params.evaluate, TRAIN_DIR)
+    write_json(METRICS_FILE, metrics)
+    print(f"eval: loss {metrics['loss']:.4f} (unigram baseline {metrics['unigram_loss']:.4f}) over {metrics['tokens']} tokens -> {METRICS_FILE}")
+
+
+if __name__ == "__main__":
+    main()

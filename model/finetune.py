@@ -1,0 +1,374 @@
+"""The `finetune` stage: instruction fine-tuning, with the loss on the response tokens only.
+
+`python -m model.finetune` reads the `finetune` params section and
+- `finetune.data` (default `data/instructions.jsonl`): Alpaca-format records, a JSON list (`.json`)
+  or one JSON object per line (`.jsonl`), each with a string `instruction`, an optional string
+  `input` and a string `output`. Other keys are ignored. A malformed record stops the stage with a
+  one-line error naming the file and the record;
+- `finetune.init_from` (default `data/model`): this project's checkpoint folder (its tokenizer is
+  in `tokenizer/`) or a Hugging Face GPT-2 folder (the tokenizer then comes from `finetune.vocab`);
+
+and writes
+- `data/finetuned/`: the model (`model.safetensors`, `model_config.json`), `tokenizer/`, and
+  `template.json`, the prompt template the records were rendered with. `python -m model.generate
+  --checkpoint data/finetuned --instruction "..."` renders its prompt with the same template;
+- `metrics/finetune.json`: the response loss before and after, and the train loss of each epoch.
+
+Each record becomes `render_prompt(instruction, input) + output + EOS`; the loss mask covers the
+output tokens and the EOS (so the model learns to stop), never the prompt or the padding. Records
+longer than the model's context are cut at the end (reported); one whose response would be cut
+away entirely is skipped (reported). Training: AdamW (decay on 2-D weights), linear warmup then
+cosine decay over `epochs * steps_per_epoch`, gradient clipping, a seeded shuffle per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from pipeline.config import FinetuneConfig, load_params
+from pipeline.errors import PipelineError, cli
+from pipeline.io import atomic_dir, write_json
+from pipeline.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
+
+OUT_DIR = Path("data/finetuned")
+METRICS_FILE = Path("metrics/finetune.json")
+TEMPLATE_FILE = "template.json"
+FIELDS = ("instruction", "input", "output")
+
+
+# ---- the prompt template -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Template:
+    """How a record becomes a prompt: `prompt` (no input) or `prompt_with_input`, with {instruction} and {input}."""
+
+    name: str
+    prompt: str
+    prompt_with_input: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "prompt": self.prompt, "prompt_with_input": self.prompt_with_input, "response_ends_with": "eos"}
+
+
+DEFAULT_TEMPLATE = Template(
+    name="tinygpt-instruct-v1",
+    prompt="### Instruction:\n{instruction}\n\n### Response:\n",
+    prompt_with_input="### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n",
+)
+
+
+def render_prompt(instruction: str, input: Optional[str] = None, template: Template = DEFAULT_TEMPLATE) -> str:
+    """The prompt the model sees; the response follows it directly. An empty `input` counts as none."""
+    instruction = instruction.strip()
+    if input is not None and input.strip():
+        return template.prompt_with_input.replace("{instruction}", instruction).replace("{input}", input.strip())
+    return template.prompt.replace("{instruction}", instruction)
+
+
+def load_template(checkpoint: str | Path) -> Template:
+    """The template saved beside a fine-tuned checkpoint; one-line errors when absent or malformed."""
+    path = Path(checkpoint) / TEMPLATE_FILE
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found (--instruction needs a checkpoint written by `python -m model.finetune`)")
+    try:
+        data = json.loads(path.read_text())
+        template = Template(name=str(data["name"]), prompt=data["prompt"], prompt_with_input=data["prompt_with_input"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PipelineError(f"{path}: not a prompt template ({type(exc).__name__}: {exc})") from None
+    if not isinstance(template.prompt, str) or not isinstance(template.prompt_with_input, str):
+        raise PipelineError(f"{path}: 'prompt' and 'prompt_with_input' must be strings")
+    return template
+
+
+# ---- records ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Record:
+    """One instruction example. `where` names it in messages: 'file: line N' or 'file: record N'."""
+
+    instruction: str
+    output: str
+    input: Optional[str] = None
+    where: str = ""
+
+
+def check_record(raw: object, where: str) -> Record:
+    """Validate one parsed record; raise a one-line PipelineError naming it."""
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{where}: a record must be a JSON object, got {type(raw).__name__}")
+    for name in ("instruction", "output"):
+        if name not in raw:
+            raise PipelineError(f"{where}: missing '{name}' (a record needs 'instruction' and 'output', 'input' is optional)")
+    for name in FIELDS:
+        value = raw.get(name)
+        if name == "input" and value is None:
+            continue
+        if not isinstance(value, str):
+            raise PipelineError(f"{where}: '{name}' must be a string, got {type(value).__name__} {json.dumps(value)[:40]}")
+    for name in ("instruction", "output"):
+        if not raw[name].strip():
+            raise PipelineError(f"{where}: '{name}' is empty")
+    return Record(instruction=raw["instruction"], output=raw["output"], input=raw.get("input"), where=where)
+
+
+def load_records(path: str | Path) -> list[Record]:
+    """Records of a `.json` file (a list of objects) or a `.jsonl` file (one object per line; blank lines skipped)."""
+    path = Path(path)
+    if path.suffix not in (".json", ".jsonl"):
+        raise PipelineError(f"{path}: instruction records must be a .json or .jsonl file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found") from None
+    except UnicodeDecodeError as exc:
+        raise PipelineError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    records = []
+    if path.suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{path}: line {number}"
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PipelineError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            records.append(check_record(raw, where))
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PipelineError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        if not isinstance(data, list):
+            raise PipelineError(f"{path}: a .json file of records must hold a list, got {type(data).__name__}")
+        records = [check_record(raw, f"{path}: record {i}") for i, raw in enumerate(data, start=1)]
+    if not records:
+        raise PipelineError(f"{path}: no records")
+    return records
+
+
+# ---- encoding and batches --------------------------------------------------------------------------
+
+
+def encode_example(
+    tokenizer: Tokenizer, record: Record, max_len: Optional[int] = None, template: Template = DEFAULT_TEMPLATE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of prompt + response + EOS, and a same-length bool mask, True on the response and EOS.
+
+    Position i of the mask says whether token i is a target of the loss (it is predicted from the
+    tokens before it). max_len: keep only the first max_len tokens (the end of the response goes first).
+    """
+    prompt = np.asarray(tokenizer.encode(render_prompt(record.instruction, record.input, template)), dtype=np.int64)
+    response = np.asarray(tokenizer.encode(record.output), dtype=np.int64)
+    ids = np.concatenate([prompt, response, [tokenizer.eos_id]])
+    mask = np.zeros(len(ids), dtype=bool)
+    mask[len(prompt) :] = True
+    if max_len is not None:
+        ids, mask = ids[:max_len], mask[:max_len]
+    return ids, mask
+
+
+@dataclass
+class Encoded:
+    """The records as training examples, and what encoding had to give up."""
+
+    examples: list[tuple[np.ndarray, np.ndarray]]
+    truncated: list[str] = field(default_factory=list)  # records cut at the context length
+    skipped: list[str] = field(default_factory=list)  # records whose prompt alone fills the context
+    unknown_chars: set[str] = field(default_factory=set)  # characters the tokenizer maps to 'unknown'
+
+
+def encode_records(tokenizer: Tokenizer, records: Sequence[Record], max_len: int, template: Template = DEFAULT_TEMPLATE) -> Encoded:
+    """Encode every record, cutting those longer than max_len (the model's context + 1)."""
+    out = Encoded(examples=[])
+    unknown = getattr(tokenizer, "unknown_chars", None)
+    for record in records:
+        ids, mask = encode_example(tokenizer, record, None, template)
+        if unknown is not None:
+            out.unknown_chars |= unknown(render_prompt(record.instruction, record.input, template) + record.output)
+        if len(ids) > max_len:
+            ids, mask = ids[:max_len], mask[:max_len]
+            if not mask[1:].any():
+                out.skipped.append(record.where)
+                continue
+            out.truncated.append(record.where)
+        out.examples.append((ids, mask))
+    return out
+
+
+def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int) -> dict[str, torch.Tensor]:
+    """inputs, targets (B, T) and loss_mask (B, T), padded to the longest example with pad_id (never a target)."""
+    T = max(len(ids) for ids, _ in examples) - 1
+    inputs = np.full((len(examples), T), pad_id, dtype=np.int64)
+    targets = np.full((len(examples), T), pad_id, dtype=np.int64)
+    loss_mask = np.zeros((len(examples), T), dtype=bool)
+    for row, (ids, mask) in enumerate(examples):
+        n = len(ids) - 1
+        inputs[row, :n] = ids[:-1]
+        targets[row, :n] = ids[1:]
+        loss_mask[row, :n] = mask[1:]
+    return {"inputs": torch.from_numpy(inputs), "targets": torch.from_numpy(targets), "loss_mask": torch.from_numpy(loss_mask)}
+
+
+# ---- training ----------------------------------------------------------------------------------------
+
+
+def lr_at(step: int, total_steps: int, cfg: FinetuneConfig) -> float:
+    """Linear warmup to `lr` over `warmup_iters` steps, then cosine decay to `min_lr` at the last step."""
+    if step < cfg.warmup_iters:
+        return cfg.lr * (step + 1) / (cfg.warmup_iters + 1)
+    span = max(1, total_steps - 1 - cfg.warmup_iters)
+    ratio = min(1.0, (step - cfg.warmup_iters) / span)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+
+
+@torch.no_grad()
+def response_loss(model, examples, pad_id: int, batch_size: int, device: torch.device) -> float:
+    """Mean cross-entropy over the response (+EOS) tokens of all examples, in eval mode."""
+    from model.evaluate import autocast_for
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()}
+        n = int(batch["loss_mask"].sum())
+        with autocast_for(device)():
+            _, loss = model(batch["inputs"], targets=batch["targets"], loss_mask=batch["loss_mask"])
+        total, count = total + float(loss) * n, count + n
+    model.train(was_training)
+    return total / max(1, count)
+
+
+def train_examples(
+    model, examples, pad_id: int, cfg: FinetuneConfig, seed: int, device: torch.device, print_fn: Callable = print
+) -> list[float]:
+    """Fine-tune `model` in place; return the train loss of each epoch (token-weighted over its steps)."""
+    from model.evaluate import autocast_for
+
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), device.type)
+    autocast = autocast_for(device)
+    torch.manual_seed(seed)  # dropout
+    model.train()
+    epoch_losses, step = [], 0
+    for epoch in range(cfg.epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(len(examples))
+        loss_sum, token_count, start_time = 0.0, 0, time.perf_counter()
+        for start in range(0, len(order), cfg.batch_size):
+            batch = collate([examples[i] for i in order[start : start + cfg.batch_size]], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            lr = lr_at(step, total_steps, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast():
+                _, loss = model(batch["inputs"], targets=batch["targets"], loss_mask=batch["loss_mask"])
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise PipelineError(f"finetune: loss is {value} at step {step + 1} (lr {lr:.3g}); lower finetune.lr")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            n = int(batch["loss_mask"].sum())
+            loss_sum, token_count, step = loss_sum + value * n, token_count + n, step + 1
+        epoch_losses.append(loss_sum / max(1, token_count))
+        print_fn(
+            f"finetune: epoch {epoch + 1}/{cfg.epochs}: train loss {epoch_losses[-1]:.4f} "
+            f"({steps_per_epoch} steps, lr {lr:.2e}, {time.perf_counter() - start_time:.1f}s)"
+        )
+    return epoch_losses
+
+
+def tokenizer_dir(init_from: Path, vocab: Path) -> Path:
+    """The checkpoint's own `tokenizer/` folder, else the `vocab` folder (Hugging Face checkpoints)."""
+    from model.gpt import TOKENIZER_DIR
+
+    if (init_from / TOKENIZER_DIR / TOKENIZER_FILE).is_file():
+        return init_from / TOKENIZER_DIR
+    if not (vocab / TOKENIZER_FILE).is_file():
+        raise PipelineError(f"{init_from} has no {TOKENIZER_DIR}/ folder and {vocab / TOKENIZER_FILE} is missing (set finetune.vocab)")
+    return vocab
+
+
+def finetune(cfg: FinetuneConfig, seed: int, out_dir: str | Path, print_fn: Callable = print) -> dict:
+    """Fine-tune `cfg.init_from` on `cfg.data`; write the checkpoint folder `out_dir` atomically; return the metrics."""
+    from model.evaluate import resolve_device
+    from model.gpt import load_any
+
+    out_dir, init_from = Path(out_dir), Path(cfg.init_from)
+    records = load_records(cfg.data)
+    if not init_from.is_dir():
+        raise PipelineError(f"finetune.init_from: {init_from} is not a folder (train a model first, or point it at a Hugging Face GPT-2 folder)")
+    tok_dir = tokenizer_dir(init_from, Path(cfg.vocab))
+    tokenizer = load_tokenizer(tok_dir)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+    torch.manual_seed(seed)
+    model = load_any(init_from, map_location=device, dropout=cfg.dropout)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise PipelineError(
+            f"{tok_dir}: tokenizer '{tokenizer.name}' has {tokenizer.vocab_size} tokens, the model in {init_from} only {model.config.vocab_size}"
+        )
+    template = DEFAULT_TEMPLATE
+    encoded = encode_records(tokenizer, records, model.config.block_size + 1, template)
+    if encoded.unknown_chars:
+        shown = ", ".join(repr(c) for c in sorted(encoded.unknown_chars)[:10])
+        print_fn(f"finetune: warning: characters the '{tokenizer.name}' vocabulary does not know become 'unknown': {shown}")
+    for what, where in (("cut to the model's context of", encoded.truncated), ("skipped: the prompt alone fills the context of", encoded.skipped)):
+        if where:
+            print_fn(f"finetune: {len(where)} record(s) {what} {model.config.block_size} tokens, first {where[0]}")
+    examples = encoded.examples
+    if not examples:
+        raise PipelineError(f"{cfg.data}: no record fits the model's context of {model.config.block_size} tokens")
+    pad_id = tokenizer.pad_id
+    print_fn(
+        f"finetune: {len(examples)} records from {cfg.data}, {model.num_params() / 1e6:.2f}M params from {init_from}, "
+        f"{cfg.epochs} epochs of {math.ceil(len(examples) / cfg.batch_size)} steps on {device}"
+    )
+    before = response_loss(model, examples, pad_id, cfg.batch_size, device)
+    print_fn(f"finetune: response loss before {before:.4f}")
+    epoch_losses = train_examples(model, examples, pad_id, cfg, seed, device, print_fn)
+    after = response_loss(model, examples, pad_id, cfg.batch_size, device)
+    print_fn(f"finetune: response loss after {after:.4f}")
+    model.eval()
+    with atomic_dir(out_dir) as tmp:
+        model.save_files(tmp)
+        shutil.copytree(tok_dir, tmp / "tokenizer")
+        write_json(tmp / TEMPLATE_FILE, template.to_dict())
+    metrics = {
+        "records": len(examples),
+        "truncated": len(encoded.truncated),
+        "skipped": len(encoded.skipped),
+        "steps": cfg.epochs * math.ceil(len(examples) / cfg.batch_size),
+        "loss_before": before,
+        "loss_after": after,
+        "train_loss": epoch_losses[-1],
+        **{f"train_loss_epoch_{i}": v for i, v in enumerate(epoch_losses, start=1)},
+    }
+    return metrics
+
+
+@cli
+def main() -> None:
+    params = load_params()
+    metrics = finetune(params.finetune, params.seed, OUT_DIR)
+    write_json(METRICS_FILE, metrics)
+    print(f"finetune: done, response loss {metrics['loss_before']:.4f} -> {metrics['loss_after']:.4f} -> {OUT_DIR}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Sample text from a checkpoint.
+
+    python -m model.generate --checkpoint data/train/final --prompt "def main(" --max-new-tokens 200
+
+The checkpoint is a tinyGPT folder (model.safetensors + model_config.json, with the tokenizer in
+`tokenizer/`) or a Hugging Face GPT-2 folder, whose tokenizer comes from `--vocab`.
+`sample_texts` is the reusable core (the `sample` stage imports it).
+
+A fine-tuned checkpoint (`python -m model.finetune`, with `template.json`) also takes
+`--instruction TEXT` (and optionally `--input TEXT`) instead of `--prompt`: the prompt is rendered
+with the template the model was fine-tuned with, and only the response is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from model.gpt import GPT, TOKENIZER_DIR, load_any
+from pipeline.errors import PipelineError, cli
+from pipeline.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str, block_size: int) -> list[int]:
+    """Token ids of a prompt; an empty prompt starts from EOS. One-line errors for bad prompts."""
+    unknown_chars = getattr(tokenizer, "unknown_chars", None)
+    if unknown_chars is not None:
+        unknown = unknown_chars(prompt)
+        if unknown:
+            shown = ", ".join(repr(c) for c in sorted(unknown))
+            raise PipelineError(f"prompt has characters the '{tokenizer.name}' vocabulary does not know: {shown}")
+    ids = [int(i) for i in tokenizer.encode(prompt)] or [tokenizer.eos_id]
+    if len(ids) > block_size:
+        raise PipelineError(f"prompt is {len(ids)} tokens, longer than the model's context of {block_size}")
+    return ids
+
+
+def sample_texts(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompts: Sequence[str],
+    n: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: Optional[int],
+    top_p: Optional[float],
+    seed: int,
+) -> list[str]:
+    """n samples per prompt, prompt-major: [p0 s0, p0 s1, ..., p1 s0, ...].
+
+    Each text is the prompt followed by its continuation, cut before the first EOS.
+    Deterministic for a given seed (and device).
+    """
+    if n < 1:
+        raise PipelineError(f"number of samples must be >= 1, got {n}")
+    if max_new_tokens < 0:
+        raise PipelineError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise PipelineError(
+            f"tokenizer '{tokenizer.name}' has {tokenizer.vocab_size} tokens, the model only {model.config.vocab_size}"
+        )
+    device = model.transformer.wte.weight.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    texts = []
+    for prompt in prompts:
+        ids = encode_prompt(tokenizer, prompt, model.config.block_size)
+        idx = torch.tensor([ids] * n, dtype=torch.long, device=device)  # (n, T)
+        out = model.generate(idx, max_new_tokens, temperature, top_k, top_p, eos_id=tokenizer.eos_id, generator=generator)
+        for row in out[:, len(ids) :].tolist():
+            if tokenizer.eos_id in row:
+                row = row[: row.index(tokenizer.eos_id)]
+            texts.append(prompt + tokenizer.decode(row))
+    return texts
+
+
+def resolve_tokenizer(checkpoint: Path, vocab: Path) -> Tokenizer:
+    """The checkpoint's own `tokenizer/` folder, else the `--vocab` folder."""
+    if (checkpoint / TOKENIZER_DIR / TOKENIZER_FILE).is_file():
+        return load_tokenizer(checkpoint / TOKENIZER_DIR)
+    if not (vocab / TOKENIZER_FILE).is_file():
+        raise PipelineError(f"{checkpoint} has no {TOKENIZER_DIR}/ folder and {vocab / TOKENIZER_FILE} is missing; pass --vocab DIR")
+    return load_tokenizer(vocab)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m model.generate", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, type=Path, help="tinyGPT checkpoint or Hugging Face GPT-2 folder")
+    p.add_argument("--prompt", default="", help="text to continue (empty: start from EOS)")
+    p.add_argument("--instruction", default=None, help="fine-tuned checkpoints (template.json): an instruction to answer")
+    p.add_argument("--input", default=None, help="with --instruction: the optional input it refers to")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--vocab", type=Path, default=Path("data/vocab"), help="tokenizer folder when the checkpoint has none")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    return p.parse_args(argv)
+
+
+@cli
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    prompt = args.prompt
+    if args.instruction is not None:
+        from model.finetune import load_template, render_prompt
+
+        if args.prompt:
+            raise PipelineError("pass either --prompt or --instruction, not both")
+        prompt = render_prompt(args.instruction, args.input, load_template(args.checkpoint))
+    elif args.input is not None:
+        raise PipelineError("--input needs --instruction")
+    tokenizer = resolve_tokenizer(args.checkpoint, args.vocab)
+    model = load_any(args.checkpoint, map_location=device).eval()
+    texts = sample_texts(
+        model, tokenizer, [prompt], args.num_samples, args.max_new_tokens,
+        args.temperature, args.top_k, args.top_p, args.seed,
+    )
+    if args.instruction is not None:  # the response only (sample_texts already stops at EOS)
+        texts = [text[len(prompt) :] for text in texts]
+    for i, text in enumerate(texts):
+        if i:
+            print("\n---------------")
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,558 @@
+"""GPT-2 in one file: config, model, checkpoints (ours and Hugging Face's) and KV-cache generation.
+
+Module names follow Hugging Face's GPT-2 (`transformer.h.0.attn.c_attn`, ...) so converting a
+checkpoint is a rename-free copy, with HF's Conv1D weights transposed to nn.Linear's layout.
+
+Checkpoint formats (folders):
+- ours: `model.safetensors` (our parameter names; `lm_head.weight` omitted when tied) and
+  `model_config.json` (the GPTConfig fields). A trainer checkpoint may add a `tokenizer/` folder.
+- Hugging Face: `config.json` and `model.safetensors` (or `pytorch_model.bin`, or a sharded
+  `*.index.json` of either). Nothing is ever unpickled beyond plain tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline.errors import PipelineError
+from pipeline.io import atomic_dir, write_json
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model_config.json"
+TOKENIZER_DIR = "tokenizer"
+HF_CONFIG_FILE = "config.json"
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+HF_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+HF_IGNORED = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in older HF checkpoints
+GPT2_EOS_ID = 50256
+
+PRESETS: dict[str, dict[str, int]] = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    "cpu-tiny": dict(n_layer=2, n_head=2, n_embd=64),
+    "cpu-small": dict(n_layer=4, n_head=4, n_embd=128),
+    "cpu-medium": dict(n_layer=6, n_head=6, n_embd=384),
+}
+
+
+@dataclass
+class GPTConfig:
+    """The shape of a GPT-2 model."""
+
+    vocab_size: int  # tokens in the vocabulary (from the tokenizer / data manifest)
+    block_size: int  # longest context the model reads (number of learned positions)
+    n_layer: int  # transformer blocks
+    n_head: int  # attention heads per block
+    n_embd: int  # width of the residual stream; a multiple of n_head
+    dropout: float = 0.0  # dropout on embeddings, attention weights and residual branches
+    bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
+    tie_weights: bool = True  # output layer shares the token embedding matrix
+    doc_mask: bool = False  # trainer hint: pass segment_ids so attention stays inside documents
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PipelineError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise PipelineError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise PipelineError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def from_params(cls, model_cfg, vocab_size: int, block_size: int) -> "GPTConfig":
+        """Build from the `model` params section (pipeline.config.ModelConfig): preset, then overrides."""
+        shape: dict[str, Optional[int]] = dict(n_layer=None, n_head=None, n_embd=None)
+        if model_cfg.preset is not None:
+            if model_cfg.preset not in PRESETS:
+                raise PipelineError(f"model.preset: unknown preset '{model_cfg.preset}' (choose from {', '.join(PRESETS)})")
+            shape.update(PRESETS[model_cfg.preset])
+        for name in shape:
+            if getattr(model_cfg, name) is not None:
+                shape[name] = getattr(model_cfg, name)
+        missing = [name for name, value in shape.items() if value is None]
+        if missing:
+            raise PipelineError(f"model: set model.preset or model.{missing[0]}")
+        return cls(
+            vocab_size=vocab_size,
+            block_size=block_size,
+            dropout=model_cfg.dropout,
+            bias=model_cfg.bias,
+            tie_weights=model_cfg.tie_weights,
+            doc_mask=model_cfg.doc_mask,
+            **shape,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str) -> "GPTConfig":
+        """Read the dict written to model_config.json; unknown or missing keys name `source`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise PipelineError(f"{source}: unknown key '{unknown[0]}'")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise PipelineError(f"{source}: {exc}") from None
+
+
+class KVCache:
+    """Keys and values of the positions one attention layer has already seen.
+
+    Allocated on first use with the incoming keys' shape, dtype and device (so autocast works).
+    """
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.k: Optional[torch.Tensor] = None  # (B, nh, max_len, hs)
+        self.v: Optional[torch.Tensor] = None
+        self.pos = 0  # positions filled so far
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new (B, nh, T, hs) keys/values; return all keys/values so far, (B, nh, pos, hs)."""
+        B, nh, T, hs = k.shape
+        if self.k is None:
+            self.k = k.new_zeros(B, nh, self.max_len, hs)
+            self.v = v.new_zeros(B, nh, self.max_len, hs)
+        self.k[:, :, self.pos : self.pos + T] = k
+        self.v[:, :, self.pos : self.pos + T] = v
+        self.pos += T
+        return self.k[:, :, : self.pos], self.v[:, :, : self.pos]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, attn_mask=None, is_causal=True, cache: Optional[KVCache] = None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, nh, S, hs), S = cached + T
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        x = F.gelu(self.c_fc(x), approximate="tanh")  # (B, T, 4C)
+        return self.dropout(self.c_proj(x))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attn_mask=None, is_causal=True, cache: Optional[KVCache] = None):
+        x = x + self.attn(self.ln_1(x), attn_mask, is_causal, cache)  # (B, T, C)
+        return x + self.mlp(self.ln_2(x))  # (B, T, C)
+
+
+def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Position ids that restart at 0 wherever the segment id changes. (B, T) -> (B, T)."""
+    B, T = segment_ids.shape
+    t = torch.arange(T, device=segment_ids.device).expand(B, T)  # (B, T)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    last_start = torch.where(starts, t, 0).cummax(dim=1).values  # (B, T)
+    return t - last_start
+
+
+def document_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Boolean attention mask, True = may attend: causal and within the same segment. (B, 1, T, T)."""
+    T = segment_ids.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()  # (T, T)
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, T)
+    return (same & causal).unsqueeze(1)
+
+
+class GPT(nn.Module):
+    """GPT-2 language model."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        residual_std = 0.02 / math.sqrt(2 * config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # projections back into the residual stream
+                nn.init.normal_(p, mean=0.0, std=residual_std)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    # ---- forward -------------------------------------------------------------------------------
+
+    def _hidden(self, idx, pos, attn_mask=None, is_causal=True, caches=None) -> torch.Tensor:
+        """Final (layer-normed) hidden states (B, T, C) for tokens idx (B, T) at positions pos."""
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, attn_mask, is_causal, None if caches is None else caches[i])
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None, loss_mask=None, segment_ids=None):
+        """Logits (B, T, vocab) for tokens idx (B, T), and the mean loss when targets (B, T) are given.
+
+        loss_mask (B, T) bool: only True positions count in the loss (all when None).
+        segment_ids (B, T): when given, attention stays inside each segment and positions restart at
+        0 at every segment start, so each packed document sees only itself.
+        """
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise PipelineError(f"input of {T} tokens is longer than the model's block_size {self.config.block_size}")
+        if segment_ids is None:
+            pos = torch.arange(T, device=idx.device)  # (T,)
+            x = self._hidden(idx, pos)
+        else:
+            if segment_ids.shape != idx.shape:
+                raise ValueError(f"segment_ids {tuple(segment_ids.shape)} do not match idx {tuple(idx.shape)}")
+            x = self._hidden(idx, segment_positions(segment_ids), document_mask(segment_ids), is_causal=False)
+        logits = self.lm_head(x)  # (B, T, vocab)
+        if targets is None:
+            return logits, None
+        if loss_mask is not None:
+            targets = targets.masked_fill(~loss_mask.bool(), -100)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum")
+        count = (targets != -100).sum().clamp(min=1)
+        return logits, loss / count
+
+    # ---- accounting and optimizer ----------------------------------------------------------------
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count (tied weights once). non_embedding: leave out the lookup-only tables
+        (positions, and the token table when it is not also the output layer)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_weights:
+                n -= self.transformer.wte.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: Optional[int] = None) -> int:
+        """Training FLOPs per token, 6N + 12·n_layer·n_embd·T (PaLM appendix B, as nanoGPT)."""
+        T = seq_len or self.config.block_size
+        return 6 * self.num_params() + 12 * self.config.n_layer * self.config.n_embd * T
+
+    def configure_optimizer(self, weight_decay: float, lr: float, betas: tuple[float, float], device_type: str):
+        """AdamW with weight decay on matrices and embeddings (dim >= 2) only; fused on CUDA."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=str(device_type).startswith("cuda"))
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        """State dict for saving: detached, contiguous, CPU, one copy of tied weights."""
+        state = self.state_dict()
+        if self.config.tie_weights:
+            state.pop("lm_head.weight")
+        return {name: t.detach().cpu().contiguous() for name, t in state.items()}
+
+    def save_files(self, folder: str | Path) -> None:
+        """Write model.safetensors + model_config.json into an existing folder (not atomic: for
+        callers that build a larger checkpoint inside their own `atomic_dir`)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        save_file(self._tensors(), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+        write_json(folder / CONFIG_FILE, dataclasses.asdict(self.config))
+
+    def save(self, path: str | Path, tokenizer_dir: str | Path | None = None) -> None:
+        """Write our checkpoint folder atomically, with a copy of tokenizer_dir as `tokenizer/`."""
+        with atomic_dir(path) as tmp:
+            self.save_files(tmp)
+            if tokenizer_dir is not None:
+                shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
+
+    @classmethod
+    def load(cls, path: str | Path, map_location="cpu", dropout: Optional[float] = None) -> "GPT":
+        """Load a folder written by `save` (float32 weights). dropout: override the saved value."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (path / name).is_file():
+                raise PipelineError(f"{path / name}: not found (not a tinyGPT checkpoint folder)")
+        data = json.loads((path / CONFIG_FILE).read_text())
+        if dropout is not None:
+            data["dropout"] = dropout
+        config = GPTConfig.from_dict(data, str(path / CONFIG_FILE))
+        return cls._from_tensors(config, load_file(str(path / WEIGHTS_FILE)), str(path / WEIGHTS_FILE), map_location)
+
+    @classmethod
+    def _from_tensors(cls, config: GPTConfig, tensors: dict, source: str, map_location) -> "GPT":
+        """Build a model from a state dict, checking names and shapes first (one-line errors)."""
+        with torch.device("meta"):
+            model = cls(config)  # no memory, no random init: every tensor comes from the checkpoint
+        expected = model.state_dict()
+        if config.tie_weights:
+            expected.pop("lm_head.weight")
+            tensors.pop("lm_head.weight", None)
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            what = f"missing tensor '{missing[0]}'" if missing else f"unexpected tensor '{unexpected[0]}'"
+            raise PipelineError(f"{source}: {what} for a model with {config.n_layer} layers (checkpoint does not match its config)")
+        for name, want in expected.items():
+            if tuple(tensors[name].shape) != tuple(want.shape):
+                raise PipelineError(
+                    f"{source}: tensor '{name}' has shape {tuple(tensors[name].shape)}, the config implies {tuple(want.shape)}"
+                )
+        state = {name: t.to(device=map_location, dtype=torch.float32) for name, t in tensors.items()}
+        if config.tie_weights:
+            state["lm_head.weight"] = state["transformer.wte.weight"]
+        model.load_state_dict(state, assign=True)
+        if config.tie_weights:
+            model.lm_head.weight = model.transformer.wte.weight
+        return model
+
+    def save_hf(self, path: str | Path, eos_id: Optional[int] = None) -> None:
+        """Write a Hugging Face GPT-2 folder (config.json + model.safetensors) atomically.
+
+        eos_id: written as bos/eos_token_id (default: GPT-2's 50256 when the vocabulary has it).
+        """
+        from safetensors.torch import save_file
+
+        if not self.config.bias:
+            raise PipelineError("save_hf: Hugging Face GPT-2 always has biases, this model has bias=False")
+        c = self.config
+        if eos_id is None and c.vocab_size > GPT2_EOS_ID:
+            eos_id = GPT2_EOS_ID
+        tensors = {name: t.t().contiguous() if name.endswith(HF_CONV1D) else t for name, t in self._tensors().items()}
+        hf_config = {
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "vocab_size": c.vocab_size,
+            "n_positions": c.block_size,
+            "n_layer": c.n_layer,
+            "n_head": c.n_head,
+            "n_embd": c.n_embd,
+            "n_inner": None,
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": 1e-5,
+            "resid_pdrop": c.dropout,
+            "embd_pdrop": c.dropout,
+            "attn_pdrop": c.dropout,
+            "initializer_range": 0.02,
+            "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False,
+            "reorder_and_upcast_attn": False,
+            "tie_word_embeddings": c.tie_weights,
+            "bos_token_id": eos_id,
+            "eos_token_id": eos_id,
+        }
+        with atomic_dir(path) as tmp:
+            save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+            write_json(tmp / HF_CONFIG_FILE, hf_config)
+
+    @classmethod
+    def from_hf(cls, path: str | Path, map_location="cpu", dropout: Optional[float] = None) -> "GPT":
+        """Load a local Hugging Face GPT-2 folder. dropout: override HF's resid_pdrop."""
+        path = Path(path)
+        if not (path / HF_CONFIG_FILE).is_file():
+            raise PipelineError(f"{path / HF_CONFIG_FILE}: not found (not a Hugging Face model folder)")
+        hf = json.loads((path / HF_CONFIG_FILE).read_text())
+        source = str(path / HF_CONFIG_FILE)
+        if hf.get("model_type", "gpt2") != "gpt2":
+            raise PipelineError(f"{source}: model_type '{hf.get('model_type')}' is not gpt2")
+        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise PipelineError(f"{source}: activation_function '{hf['activation_function']}' is not supported (gelu_new)")
+        if hf.get("n_inner") not in (None, 4 * hf.get("n_embd", 768)):
+            raise PipelineError(f"{source}: n_inner {hf['n_inner']} is not supported (only 4 * n_embd)")
+        if abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
+            raise PipelineError(f"{source}: layer_norm_epsilon {hf['layer_norm_epsilon']} is not supported (only 1e-5)")
+        if hf.get("scale_attn_by_inverse_layer_idx") or not hf.get("scale_attn_weights", True):
+            raise PipelineError(f"{source}: non-standard attention scaling is not supported")
+        config = GPTConfig(
+            vocab_size=hf.get("vocab_size", 50257),
+            block_size=hf.get("n_positions", 1024),
+            n_layer=hf.get("n_layer", 12),
+            n_head=hf.get("n_head", 12),
+            n_embd=hf.get("n_embd", 768),
+            dropout=hf.get("resid_pdrop", 0.1) if dropout is None else dropout,
+            bias=True,
+            tie_weights=hf.get("tie_word_embeddings", True),
+        )
+        tensors, weights = _read_hf_tensors(path)
+        ours = {}
+        for name, t in tensors.items():
+            if name.endswith(HF_IGNORED):
+                continue
+            if name != "lm_head.weight" and not name.startswith("transformer."):
+                name = "transformer." + name  # the original OpenAI-converted checkpoints have no prefix
+            ours[name] = t.t() if name.endswith(HF_CONV1D) else t
+        return cls._from_tensors(config, ours, weights, map_location)
+
+    # ---- generation ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        eos_id: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Continue idx (B, T) by up to max_new_tokens tokens; returns (B, T + new).
+
+        temperature 0 is greedy. top_k keeps the k likeliest tokens, top_p the smallest set whose
+        probability reaches p. With eos_id, a sequence that produced EOS gets EOS from then on,
+        and generation stops once every sequence has. The model reads at most the last block_size
+        tokens. With the cache, the prompt window is encoded once and each step feeds one token;
+        once the cache is full (block_size positions), each further step re-encodes the last
+        block_size tokens, exactly as without the cache. Same generator seed -> same output
+        with and without the cache. Runs in eval mode (restored afterwards).
+        """
+        if temperature < 0:
+            raise PipelineError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise PipelineError(f"top_k must be >= 1, got {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise PipelineError(f"top_p must be in (0, 1], got {top_p}")
+        was_training = self.training
+        self.eval()
+        try:
+            return self._generate(idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator, use_cache)
+        finally:
+            self.train(was_training)
+
+    def _generate(self, idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator, use_cache):
+        """The decoding loop of `generate`."""
+        bs = self.config.block_size
+        out = idx
+        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        caches: Optional[list[KVCache]] = None
+        for _ in range(max_new_tokens):
+            if use_cache and caches is None:
+                window = out[:, -bs:]
+                caches = self._new_caches()
+                x = self._hidden(window, torch.arange(window.size(1), device=idx.device), caches=caches)
+            elif use_cache and caches[0].pos < bs:
+                pos = torch.tensor([caches[0].pos], device=idx.device)
+                x = self._hidden(out[:, -1:], pos, is_causal=False, caches=caches)  # one query sees all keys
+            else:
+                window = out[:, -bs:]
+                x = self._hidden(window, torch.arange(window.size(1), device=idx.device))
+            logits = self.lm_head(x[:, -1, :])  # (B, vocab)
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
+            if eos_id is not None:
+                nxt = nxt.masked_fill(done[:, None], eos_id)
+                done |= nxt[:, 0] == eos_id
+            out = torch.cat([out, nxt], dim=1)
+            if eos_id is not None and bool(done.all()):
+                break
+        return out
+
+    def _new_caches(self) -> list[KVCache]:
+        return [KVCache(self.config.block_size) for _ in range(self.config.n_layer)]
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:
+    """Pick the next token id (B, 1) from last-position logits (B, vocab)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass of the likelier tokens; the first is always kept
+        sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
+
+
+def _read_hf_tensors(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Tensors of a HF folder (safetensors or weights-only torch.load, single or sharded) and the file name."""
+    from safetensors.torch import load_file
+
+    for name in HF_WEIGHT_FILES:
+        file = path / name
+        if not file.is_file():
+            continue
+        if name.endswith(".index.json"):
+            shards = sorted(set(json.loads(file.read_text())["weight_map"].values()))
+            files = [path / shard for shard in shards]
+        else:
+            files = [file]
+        tensors: dict[str, torch.Tensor] = {}
+        for f in files:
+            if f.suffix == ".safetensors":
+                tensors.update(load_file(str(f)))
+            else:
+                try:
+                    tensors.update(torch.load(f, map_location="cpu", weights_only=True))
+                except Exception as exc:
+                    raise PipelineError(f"{f}: cannot be read as plain tensors ({type(exc).__name__})") from None
+        return tensors, str(file)
+    raise PipelineError(f"{path}: no {' or '.join(HF_WEIGHT_FILES)} found")
+
+
+def load_any(path: str | Path, map_location="cpu", dropout: Optional[float] = None) -> GPT:
+    """Load our checkpoint folder (model_config.json) or a Hugging Face GPT-2 folder (config.json)."""
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file():
+        return GPT.load(path, map_location, dropout)
+    if (path / HF_CONFIG_FILE).is_file():
+        return GPT.from_hf(path, map_location, dropout)
+    raise PipelineError(f"{path}: neither a tinyGPT checkpoint ({CONFIG_FILE}) nor a Hugging Face folder ({HF_CONFIG_FILE})")

@@ -1,0 +1,105 @@
+"""The evaluate and sample stages on a tiny model and char-level data."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.evaluate import evaluate, load_val_sets
+from model.gpt import GPT, GPTConfig
+from model.sample import sample
+from pipeline.blocks import write_blocks
+from pipeline.config import EvaluateConfig, SampleConfig
+from pipeline.errors import PipelineError
+
+CHARS = "abcdefghijklmnopqrstuvwxyz .\n"
+V = len(CHARS) + 2
+T = 12
+
+
+def write_val(path, n_blocks: int, seed: int, vocab_size: int = V, context: int = T):
+    """Random blocks with a padded tail in the last block (segment 0 = padding)."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, V, size=(n_blocks, context + 1)).astype(np.uint16)
+    segments = np.ones_like(tokens)
+    if n_blocks:
+        segments[-1, -4:] = 0
+        tokens[-1, -4:] = 0
+    manifest = {"tokenizer": "char", "vocab_size": vocab_size, "eos_id": 0, "pad_id": 0, "context_length": context,
+                "mode": "concat", "n_blocks": n_blocks, "n_tokens": int(tokens.size), "pad_fraction": 0.0,
+                "sources": {}, "inputs": {}}
+    write_blocks(path, tokens, segments, manifest)
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    vocab = tmp_path / "vocab"
+    vocab.mkdir()
+    (vocab / "tokenizer.json").write_text(json.dumps({"kind": "char"}))
+    (vocab / "chars.json").write_text(json.dumps({"chars": CHARS}))
+    torch.manual_seed(0)
+    GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=1, n_head=2, n_embd=16)).save(tmp_path / "model", vocab)
+    return tmp_path / "model"
+
+
+def direct_loss(model, blocks, n):
+    """Token-summed cross-entropy and count, computed from the logits by hand."""
+    b = blocks.batch(np.arange(n))
+    logits, _ = model(torch.from_numpy(b["inputs"]))
+    mask = torch.from_numpy(b["loss_mask"])
+    ce = F.cross_entropy(logits[mask], torch.from_numpy(b["targets"])[mask], reduction="sum")
+    return float(ce), int(mask.sum())
+
+
+def test_evaluate_per_source_and_overall(tmp_path, model_dir):
+    val = tmp_path / "val"
+    write_val(val / "code", 5, 1)
+    write_val(val / "prose", 3, 2)
+    write_val(val / "empty", 0, 3)
+    m = evaluate(model_dir, val, EvaluateConfig(max_blocks=0, batch_size=2, device="cpu"))
+
+    model = GPT.load(model_dir).eval()
+    sets = load_val_sets(val)
+    with torch.no_grad():
+        (sc, cc), (sp, cp) = direct_loss(model, sets["code"], 5), direct_loss(model, sets["prose"], 3)
+    assert m["tokens_code"] == cc == 5 * T - 4 and m["tokens_prose"] == cp == 3 * T - 4
+    assert m["loss_code"] == pytest.approx(sc / cc, rel=1e-5)
+    assert m["loss_prose"] == pytest.approx(sp / cp, rel=1e-5)
+    assert m["loss"] == pytest.approx((sc + sp) / (cc + cp), rel=1e-5)
+    assert m["tokens"] == cc + cp
+    assert m["perplexity"] == pytest.approx(math.exp(m["loss"]))
+    assert m["tokens_empty"] == 0 and m["loss_empty"] is None and m["perplexity_empty"] is None
+    json.dumps(m, allow_nan=False)  # a valid DVC metrics file
+
+    first = evaluate(model_dir, val, EvaluateConfig(max_blocks=2, batch_size=16, device="cpu"))
+    assert first["tokens_code"] == 2 * T and first["tokens_prose"] == 2 * T
+
+
+def test_evaluate_refuses_other_vocab_or_longer_context(tmp_path, model_dir):
+    write_val(tmp_path / "v1" / "code", 2, 1, vocab_size=V + 1)
+    with pytest.raises(PipelineError, match="vocab size"):
+        evaluate(model_dir, tmp_path / "v1", EvaluateConfig(device="cpu"))
+    write_val(tmp_path / "v2" / "code", 2, 1, context=32)
+    with pytest.raises(PipelineError, match="context length 32 exceeds"):
+        evaluate(model_dir, tmp_path / "v2", EvaluateConfig(device="cpu"))
+
+
+def test_sample_writes_n_samples_per_prompt(tmp_path, model_dir):
+    cfg = SampleConfig(prompts=["the ca", "\n"], num_samples=3, max_new_tokens=8, top_k=5, device="cpu")
+    out = tmp_path / "samples.md"
+    samples = sample(model_dir, out, cfg, seed=7)
+    assert [len(texts) for _, texts in samples] == [3, 3]
+    assert all(t.startswith("the ca") for t in samples[0][1])
+    text = out.read_text()
+    assert text.count("### Sample") == 6 and text.count("## Prompt") == 2
+    sample(model_dir, tmp_path / "again.md", cfg, seed=7)
+    assert (tmp_path / "again.md").read_text() == text  # same seed, same samples
+    assert not list(tmp_path.glob(".samples.md.tmp-*"))
+
+
+def test_sample_without_model_is_one_line_error(tmp_path):
+    with pytest.raises(PipelineError, match="no trained model"):
+        sample(tmp_path / "nothing", tmp_path / "s.md", SampleConfig(device="cpu"), seed=1)

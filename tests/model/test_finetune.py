@@ -1,0 +1,354 @@
+"""Instruction fine-tuning: template, records, loss mask, padding, training, checkpoints, the generate CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import model.finetune as ft
+from model.finetune import (
+    DEFAULT_TEMPLATE,
+    Record,
+    collate,
+    encode_example,
+    encode_records,
+    finetune,
+    load_records,
+    load_template,
+    lr_at,
+    render_prompt,
+)
+from model.gpt import GPT, GPTConfig
+from pipeline.config import FinetuneConfig, load_params
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.tokenizer import EOS_TEXT, load_tokenizer
+from tests.conftest import REPO, write_char_vocab
+
+RECORDS = [
+    {"instruction": "reverse a list", "output": "items[::-1]"},
+    {"instruction": "last item", "output": "items[-1]"},
+    {"instruction": "join with commas", "input": "names", "output": "', '.join(names)"},
+]
+CHARS = DEFAULT_TEMPLATE.prompt_with_input + "".join(v for r in RECORDS for v in r.values()) + "abcdefghijklmnopqrstuvwxyz .,"
+BLOCK = 96
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and far slower when busy cores are oversubscribed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def tiny_checkpoint(folder: Path, block_size: int = BLOCK) -> Path:
+    """A cpu-tiny sized model with a char tokenizer, saved as this project's checkpoint folder."""
+    vocab = write_char_vocab(folder.parent / f"{folder.name}-vocab", CHARS)
+    tok = load_tokenizer(vocab)
+    torch.manual_seed(0)
+    GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=64)).save(folder, tokenizer_dir=vocab)
+    return folder
+
+
+def config(tmp_path: Path, init_from: Path, **overrides) -> FinetuneConfig:
+    settings = dict(
+        data=str(write_jsonl(tmp_path / "records.jsonl", RECORDS)),
+        init_from=str(init_from),
+        vocab=str(tmp_path / "no-vocab"),
+        epochs=60,
+        batch_size=3,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_iters=5,
+        weight_decay=0.0,
+        device="cpu",
+    )
+    settings.update(overrides)
+    return FinetuneConfig(**settings)
+
+
+def greedy_response(model: GPT, tok, instruction: str, input: str | None = None) -> str:
+    ids = tok.encode(render_prompt(instruction, input))
+    out = model.generate(torch.from_numpy(ids.astype(np.int64))[None], 40, temperature=0, eos_id=tok.eos_id)[0, len(ids) :].tolist()
+    return tok.decode(out[: out.index(tok.eos_id)] if tok.eos_id in out else out)
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """Fine-tune a tiny model once on the three records; shared by the tests that read the result."""
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("ft")
+    cfg = config(tmp, tiny_checkpoint(tmp / "base"))
+    lines: list[str] = []
+    metrics = finetune(cfg, seed=3, out_dir=tmp / "finetuned", print_fn=lines.append)
+    return tmp / "finetuned", metrics, lines
+
+
+# ---- template and encoding -------------------------------------------------------------------------
+
+
+def test_render_prompt():
+    assert render_prompt("Say hi.") == "### Instruction:\nSay hi.\n\n### Response:\n"
+    assert render_prompt("Fix it.", "x = 1") == "### Instruction:\nFix it.\n\n### Input:\nx = 1\n\n### Response:\n"
+    assert render_prompt("Say hi.", "  ") == render_prompt("Say hi.", None) == render_prompt(" Say hi.\n")
+
+
+def test_loss_mask_covers_exactly_the_response_and_eos(tmp_path):
+    tok = load_tokenizer(write_char_vocab(tmp_path / "vocab", CHARS))
+    record = Record(instruction="join with commas", input="names", output="', '.join(names)")
+    ids, mask = encode_example(tok, record)
+    prompt = render_prompt(record.instruction, record.input)
+    assert tok.decode(ids) == prompt + record.output + EOS_TEXT
+    assert mask.sum() == len(record.output) + 1
+    assert not mask[: len(prompt)].any() and mask[len(prompt) :].all()
+    assert tok.decode(ids[mask]) == record.output + EOS_TEXT
+    cut_ids, cut_mask = encode_example(tok, record, max_len=len(prompt) + 3)  # truncation keeps the start
+    assert np.array_equal(cut_ids, ids[: len(prompt) + 3]) and cut_mask.sum() == 3
+
+
+def test_long_records_are_cut_or_skipped_and_reported(tmp_path):
+    tok = load_tokenizer(write_char_vocab(tmp_path / "vocab", CHARS))
+    fits = Record("last item", "items[-1]", where="f: line 1")
+    long = Record("last item", "items[-1]" * 10, where="f: line 2")
+    hopeless = Record("reverse a list " * 10, "items[::-1]", where="f: line 3")
+    enc = encode_records(tok, [fits, long, hopeless], max_len=BLOCK + 1)
+    assert len(enc.examples) == 2 and enc.truncated == ["f: line 2"] and enc.skipped == ["f: line 3"]
+    assert all(len(ids) <= BLOCK + 1 for ids, _ in enc.examples)
+    assert not enc.unknown_chars
+    assert encode_records(tok, [Record("say Q", "ok!")], 50).unknown_chars == {"Q", "!"}
+
+
+def test_padding_is_masked_and_never_counted(tmp_path):
+    tok = load_tokenizer(write_char_vocab(tmp_path / "vocab", CHARS))
+    examples = [encode_example(tok, Record(**r)) for r in RECORDS]
+    batch = collate(examples, tok.pad_id)
+    lengths = [len(ids) - 1 for ids, _ in examples]
+    assert batch["inputs"].shape == (3, max(lengths))
+    for row, n in enumerate(lengths):
+        assert not batch["loss_mask"][row, n:].any()
+        assert (batch["inputs"][row, n:] == tok.pad_id).all()
+        assert batch["loss_mask"][row].sum() == examples[row][1][1:].sum()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=BLOCK, n_layer=2, n_head=2, n_embd=64))
+    _, loss = model(batch["inputs"], targets=batch["targets"], loss_mask=batch["loss_mask"])
+    other = {k: v.clone() for k, v in batch.items()}
+    for row, n in enumerate(lengths):  # whatever sits in the padding, the loss is the same
+        other["inputs"][row, n:] = 5
+        other["targets"][row, n:] = 7
+    _, loss2 = model(other["inputs"], targets=other["targets"], loss_mask=other["loss_mask"])
+    sums = []
+    for ids, mask in examples:  # token-weighted mean of the unpadded examples
+        one = collate([(ids, mask)], tok.pad_id)
+        _, l1 = model(one["inputs"], targets=one["targets"], loss_mask=one["loss_mask"])
+        sums.append((float(l1.detach()) * int(one["loss_mask"].sum()), int(one["loss_mask"].sum())))
+    expected = sum(s for s, _ in sums) / sum(n for _, n in sums)
+    assert abs(loss.item() - expected) < 1e-5 and abs(loss2.item() - expected) < 1e-5
+
+
+def test_schedule_warms_up_then_decays_to_min_lr():
+    cfg = FinetuneConfig(lr=1e-3, min_lr=1e-4, warmup_iters=3)
+    lrs = [lr_at(s, 20, cfg) for s in range(20)]
+    assert lrs[0] < lrs[1] < lrs[2] < lrs[3] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+    assert lrs[-1] == pytest.approx(1e-4)
+
+
+# ---- records -----------------------------------------------------------------------------------------
+
+
+def test_project_instruction_set_loads():
+    records = load_records(REPO / "data" / "instructions.jsonl")
+    assert len(records) >= 30
+    assert any(r.input for r in records) and any(r.input is None for r in records)
+
+
+@pytest.mark.parametrize(
+    "lines, where, problem",
+    [
+        (['{"instruction": "a", "output": "b"}', '{"instruction": "a", "output": "b"'], "line 2", "not valid JSON"),
+        (['{"instruction": "a", "output": "b"}', "", '["a", "b"]'], "line 3", "must be a JSON object"),
+        (['{"input": "x", "output": "b"}'], "line 1", "missing 'instruction'"),
+        (['{"instruction": "a", "response": "b"}'], "line 1", "missing 'output'"),
+        (['{"instruction": "a", "output": 42}'], "line 1", "'output' must be a string"),
+        (['{"instruction": "a", "input": ["x"], "output": "b"}'], "line 1", "'input' must be a string"),
+        (['{"instruction": null, "output": "b"}'], "line 1", "'instruction' must be a string"),
+        (['{"instruction": "a", "output": "  "}'], "line 1", "'output' is empty"),
+    ],
+)
+def test_malformed_jsonl_records_are_named(tmp_path, lines, where, problem):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(PipelineError) as error:
+        load_records(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: {where}: ") and problem in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ('[{"instruction": "a", "output": "b"}, {"instruction": "a"}]', "record 2: missing 'output'"),
+        ('[{"instruction": "a", "output": "b"}, 3]', "record 2: a record must be a JSON object"),
+        ('{"instruction": "a", "output": "b"}', "must hold a list"),
+        ('[{"instruction": "a", "output": "b"},', "not valid JSON"),
+        ("[]", "no records"),
+    ],
+)
+def test_malformed_json_files_are_named(tmp_path, content, problem):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(PipelineError, match=problem) as error:
+        load_records(path)
+    assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
+
+
+def test_json_list_and_other_files(tmp_path):
+    path = tmp_path / "good.json"
+    path.write_text(json.dumps(RECORDS))
+    assert [r.output for r in load_records(path)] == [r["output"] for r in RECORDS]
+    assert load_records(path)[2].where == f"{path}: record 3"
+    with pytest.raises(PipelineError, match="not found"):
+        load_records(tmp_path / "missing.jsonl")
+    with pytest.raises(PipelineError, match=r"\.json or \.jsonl"):
+        load_records(tmp_path / "records.csv")
+
+
+# ---- training and the checkpoint ----------------------------------------------------------------------
+
+
+def test_finetuned_model_answers_through_the_template(finetuned):
+    out, metrics, lines = finetuned
+    assert metrics["loss_after"] < 0.1 * metrics["loss_before"]
+    assert metrics["train_loss_epoch_60"] < metrics["train_loss_epoch_1"] and metrics["train_loss"] == metrics["train_loss_epoch_60"]
+    assert metrics["records"] == 3 and metrics["steps"] == 60 and metrics["truncated"] == 0
+    assert sum("train loss" in line for line in lines) == 60
+    model, tok = GPT.load(out), load_tokenizer(out / "tokenizer")
+    for record in RECORDS:
+        assert greedy_response(model, tok, record["instruction"], record.get("input")) == record["output"]
+
+
+def test_output_folder_is_complete(finetuned):
+    out, _, _ = finetuned
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "model_config.json", "template.json", "tokenizer"]
+    assert (out / "tokenizer" / "chars.json").is_file()
+    assert load_template(out) == DEFAULT_TEMPLATE
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_generate_cli_with_instruction(finetuned, tmp_path):
+    out, _, _ = finetuned
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "model.generate", "--checkpoint", str(out), "--temperature", "0", "--max-new-tokens", "40"]
+    done = subprocess.run(args + ["--instruction", "join with commas", "--input", "names"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "', '.join(names)\n"
+
+
+def test_generate_instruction_flags_need_a_template(finetuned, tmp_path, capsys):
+    from model.generate import main
+
+    out, _, _ = finetuned
+    plain = tmp_path / "plain"
+    GPT.load(out).save(plain, tokenizer_dir=out / "tokenizer")
+    for argv, message in [
+        (["--checkpoint", str(plain), "--instruction", "last item"], "template.json: not found"),
+        (["--checkpoint", str(out), "--input", "names"], "--input needs --instruction"),
+        (["--checkpoint", str(out), "--prompt", "x", "--instruction", "last item"], "not both"),
+    ]:
+        with pytest.raises(SystemExit):
+            main(argv)
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err
+    main(["--checkpoint", str(out), "--instruction", "last item", "--temperature", "0", "--max-new-tokens", "30"])
+    assert capsys.readouterr().out == "items[-1]\n"
+
+
+def test_finetune_from_a_hugging_face_folder(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    vocab = write_char_vocab(tmp_path / "vocab", CHARS)
+    tok = load_tokenizer(vocab)
+    torch.manual_seed(0)
+    hf_config = GPT2Config(vocab_size=tok.vocab_size, n_positions=BLOCK, n_embd=64, n_layer=2, n_head=2,
+                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    GPT2LMHeadModel(hf_config).save_pretrained(tmp_path / "hf", safe_serialization=True)
+    cfg = config(tmp_path, tmp_path / "hf", vocab=str(vocab), epochs=40)
+    metrics = finetune(cfg, seed=1, out_dir=tmp_path / "out", print_fn=lambda *_: None)
+    assert metrics["loss_after"] < 0.2 * metrics["loss_before"]
+    model = GPT.load(tmp_path / "out")
+    assert model.config.vocab_size == tok.vocab_size and model.config.block_size == BLOCK
+    assert json.loads((tmp_path / "out" / "tokenizer" / "chars.json").read_text()) == json.loads((vocab / "chars.json").read_text())
+    assert greedy_response(model, tok, "last item") == "items[-1]"
+
+
+def test_hugging_face_folder_needs_a_vocab(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2)).save_pretrained(tmp_path / "hf")
+    with pytest.raises(PipelineError, match="set finetune.vocab"):
+        finetune(config(tmp_path, tmp_path / "hf"), seed=1, out_dir=tmp_path / "out")
+
+
+def test_errors_leave_nothing_half_written(tmp_path, monkeypatch):
+    base = tiny_checkpoint(tmp_path / "base")
+    out = tmp_path / "out"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a"}\n')
+    with pytest.raises(PipelineError, match="line 2"):
+        finetune(config(tmp_path, base, data=str(bad)), seed=1, out_dir=out)
+    assert not out.exists()
+    with pytest.raises(PipelineError, match="is not a folder"):
+        finetune(config(tmp_path, tmp_path / "nowhere"), seed=1, out_dir=out)
+
+    finetune(config(tmp_path, base, epochs=1), seed=1, out_dir=out, print_fn=lambda *_: None)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def broken_copy(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ft.shutil, "copytree", broken_copy)  # fails midway through writing the folder
+    with pytest.raises(OSError, match="disk full"):
+        finetune(config(tmp_path, base, epochs=2), seed=1, out_dir=out, print_fn=lambda *_: None)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # the old output, intact
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_same_seed_same_weights(tmp_path):
+    base = tiny_checkpoint(tmp_path / "base")
+    runs = []
+    for name in ("a", "b"):
+        finetune(config(tmp_path, base, epochs=3, batch_size=2), seed=5, out_dir=tmp_path / name, print_fn=lambda *_: None)
+        runs.append((tmp_path / name / "model.safetensors").read_bytes())
+    assert runs[0] == runs[1]
+
+
+# ---- params -----------------------------------------------------------------------------------------
+
+
+def test_params_section(tmp_path):
+    params = load_params(REPO / "params.yaml")
+    assert params.finetune.epochs == 2 and params.finetune.init_from == "data/model"
+    assert FinetuneConfig().epochs == 2
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(raw["finetune"]) <= {f.name for f in dataclasses.fields(FinetuneConfig)}
+    for key, value in [("epochs", 0), ("lr", -1.0), ("dropout", 1.5), ("batch_size", 0)]:
+        bad = yaml.safe_load((REPO / "params.yaml").read_text())
+        bad["finetune"][key] = value
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
+        with pytest.raises(ConfigError, match=f"finetune.{key}"):
+            load_params(tmp_path / "params.yaml")

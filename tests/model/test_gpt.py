@@ -1,0 +1,192 @@
+"""The GPT model: config checks, masking, loss, training, checkpoints, accounting."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from model.gpt import GPT, GPTConfig, PRESETS, load_any, segment_positions
+from pipeline.config import ModelConfig
+from pipeline.errors import PipelineError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and far slower when busy cores are oversubscribed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**overrides) -> GPT:
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=37, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    cfg.update(overrides)
+    return GPT(GPTConfig(**cfg)).eval()
+
+
+def test_bad_config_is_one_line_error():
+    with pytest.raises(PipelineError, match="divisible") as err:
+        GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=4, n_embd=30)
+    assert "\n" not in str(err.value)
+    with pytest.raises(PipelineError, match="model.n_layer"):
+        GPTConfig(vocab_size=10, block_size=8, n_layer=0, n_head=1, n_embd=8)
+    with pytest.raises(PipelineError, match="dropout"):
+        GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=8, dropout=1.0)
+
+
+def test_from_params_preset_then_overrides():
+    cfg = GPTConfig.from_params(ModelConfig(preset="gpt2"), vocab_size=50257, block_size=1024)
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd) == (12, 12, 768)
+    cfg = GPTConfig.from_params(ModelConfig(preset="cpu-small", n_layer=3, tie_weights=False, doc_mask=True), 100, 64)
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size, cfg.block_size) == (3, 4, 128, 100, 64)
+    assert not cfg.tie_weights and cfg.doc_mask
+    cfg = GPTConfig.from_params(ModelConfig(preset=None, n_layer=1, n_head=2, n_embd=16), 10, 8)
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd) == (1, 2, 16)
+    with pytest.raises(PipelineError, match="model.preset"):
+        GPTConfig.from_params(ModelConfig(preset="gpt3"), 10, 8)
+    assert PRESETS["gpt2-xl"] == dict(n_layer=48, n_head=25, n_embd=1600)
+    assert PRESETS["cpu-tiny"] == dict(n_layer=2, n_head=2, n_embd=64)
+
+
+def test_gpt2_parameter_count():
+    with torch.device("meta"):
+        model = GPT(GPTConfig.from_params(ModelConfig(preset="gpt2"), 50257, 1024))
+    assert model.num_params(non_embedding=False) == 124_439_808  # GPT-2 small, tied
+
+
+def test_causality():
+    model = tiny()
+    idx = torch.randint(0, 37, (2, 16))
+    logits, _ = model(idx)
+    changed = idx.clone()
+    changed[:, 10] = (changed[:, 10] + 1) % 37
+    logits2, _ = model(changed)
+    torch.testing.assert_close(logits[:, :10], logits2[:, :10], atol=1e-6, rtol=0)
+    assert not torch.allclose(logits[:, 10:], logits2[:, 10:])
+
+
+def test_document_mask_gives_each_document_its_own_logits():
+    model = tiny()
+    idx = torch.randint(0, 37, (2, 5))
+    seg = torch.tensor([[1, 1, 1, 2, 2], [1, 1, 2, 2, 0]])
+    packed, _ = model(idx, segment_ids=seg)
+    for row, cuts in ((0, [(0, 3), (3, 5)]), (1, [(0, 2), (2, 4), (4, 5)])):
+        for a, b in cuts:
+            alone, _ = model(idx[row : row + 1, a:b])
+            torch.testing.assert_close(packed[row, a:b], alone[0], atol=1e-5, rtol=1e-5)
+    unmasked, _ = model(idx)
+    assert not torch.allclose(unmasked[0, 3:], packed[0, 3:], atol=1e-3)  # the mask does something
+    assert segment_positions(seg).tolist() == [[0, 1, 2, 0, 1], [0, 1, 0, 1, 0]]
+
+
+def test_loss_mask_ignores_pad_positions():
+    model = tiny()
+    idx = torch.randint(0, 37, (2, 8))
+    targets = torch.randint(0, 37, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[0, 5:] = False
+    mask[1, 7] = False
+    logits, loss = model(idx, targets, loss_mask=mask)
+    per_token = torch.nn.functional.cross_entropy(logits.reshape(-1, 37), targets.reshape(-1), reduction="none")
+    torch.testing.assert_close(loss, per_token[mask.reshape(-1)].mean())
+    other = targets.clone()
+    other[~mask] = (other[~mask] + 3) % 37
+    _, loss2 = model(idx, other, loss_mask=mask)
+    assert loss2.item() == loss.item()
+    _, full = model(idx, targets)
+    torch.testing.assert_close(full, per_token.mean())
+    assert full.item() != loss.item()
+
+
+def test_context_longer_than_block_size():
+    model = tiny()
+    with pytest.raises(PipelineError, match="block_size 16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_tiny_model_overfits_a_tiny_batch():
+    model = tiny().train()
+    torch.manual_seed(1)
+    idx = torch.randint(0, 37, (4, 17))
+    opt = model.configure_optimizer(weight_decay=0.0, lr=1e-2, betas=(0.9, 0.99), device_type="cpu")
+    losses = []
+    for _ in range(200):
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if losses[-1] < 0.1:
+            break
+    assert losses[0] > 3.0 and losses[-1] < 0.1
+
+
+def test_weight_tying_and_residual_init():
+    tied, untied = tiny(), tiny(tie_weights=False)
+    assert tied.lm_head.weight is tied.transformer.wte.weight
+    assert untied.lm_head.weight is not untied.transformer.wte.weight
+    assert untied.num_params(non_embedding=False) == tied.num_params(non_embedding=False) + 37 * 32
+    model = tiny(n_layer=8, n_embd=256, n_head=4)
+    proj = torch.cat([b.attn.c_proj.weight.flatten() for b in model.transformer.h])
+    fc = torch.cat([b.mlp.c_fc.weight.flatten() for b in model.transformer.h])
+    assert proj.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert fc.std().item() == pytest.approx(0.02, rel=0.05)
+
+
+def test_optimizer_decays_only_matrices():
+    model = tiny()
+    opt = model.configure_optimizer(weight_decay=0.1, lr=1e-3, betas=(0.9, 0.95), device_type="cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == model.num_params(non_embedding=False)
+
+
+def test_flops_per_token():
+    model = tiny()
+    n = model.num_params(non_embedding=False) - 16 * 32  # without positions
+    assert model.num_params() == n
+    assert model.flops_per_token() == 6 * n + 12 * 2 * 32 * 16
+    assert model.flops_per_token(8) == 6 * n + 12 * 2 * 32 * 8
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_save_load_roundtrip(tmp_path, tie):
+    model = tiny(tie_weights=tie, bias=False, doc_mask=True)
+    vocab = tmp_path / "vocab"
+    vocab.mkdir()
+    (vocab / "tokenizer.json").write_text('{"kind": "char"}')
+    model.save(tmp_path / "ckpt", tokenizer_dir=vocab)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "vocab"]  # no temp folder left
+    assert (tmp_path / "ckpt" / "tokenizer" / "tokenizer.json").is_file()
+    loaded = load_any(tmp_path / "ckpt").eval()
+    assert loaded.config == model.config
+    assert (loaded.lm_head.weight is loaded.transformer.wte.weight) == tie
+    idx = torch.randint(0, 37, (2, 16))
+    assert torch.equal(model(idx)[0], loaded(idx)[0])
+    model.save(tmp_path / "ckpt")  # overwriting an existing checkpoint works
+    assert not (tmp_path / "ckpt" / "tokenizer").exists()
+
+
+def test_mismatched_checkpoint_is_one_line_error(tmp_path):
+    tiny().save(tmp_path / "ckpt")
+    cfg_path = tmp_path / "ckpt" / "model_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["vocab_size"] = 50
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(PipelineError, match="transformer.wte.weight") as err:
+        GPT.load(tmp_path / "ckpt")
+    assert "\n" not in str(err.value)
+    cfg["vocab_size"], cfg["n_layer"] = 37, 3
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(PipelineError, match="missing tensor"):
+        GPT.load(tmp_path / "ckpt")
+    cfg["n_layer"], cfg["colour"] = 2, "red"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(PipelineError, match="unknown key 'colour'"):
+        GPT.load(tmp_path / "ckpt")
+    with pytest.raises(PipelineError, match="neither"):
+        load_any(tmp_path)

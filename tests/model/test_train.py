@@ -1,0 +1,286 @@
+"""The trainer: learning, exact resume after SIGKILL, DDP on CPU, refusals, NaN stop, schedule, data order."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.gpt import GPT, GPTConfig
+from model.tracking import Tracker
+from model.train import BlockOrder, Position, latest_checkpoint, load_checkpoint, lr_at, save_checkpoint, train
+from pipeline.blocks import write_blocks
+from pipeline.config import ModelConfig, TrainConfig
+from pipeline.errors import PipelineError
+from pipeline.tokenizer import CharTokenizer
+
+REPO = Path(__file__).resolve().parents[2]
+CHARS = "abcdefghijklmnopqrstuvwxyz .,:()=+12\n"
+V = len(CHARS) + 2  # char vocab: EOS, UNK, then the characters
+TEXTS = {
+    "prose": "the cat sat on the mat. a dog ran in the park, then it sat down.\n",
+    "code": "def add(a, b):\n    return a + b\nx = add(1, 2)\n",
+}
+T = 16  # context length of the test data
+TINY = dict(preset=None, n_layer=2, n_head=2, n_embd=32)
+
+
+def make_blocks(path: Path, text: str, n_docs: int, context: int = T, tokenizer: str = "char", extra_vocab: int = 0):
+    """Concatenated documents (EOS after each) cut into blocks of context + 1 tokens, stride context."""
+    tok = CharTokenizer(CHARS)
+    ids, seg, doc = [], [], 1
+    for i in range(n_docs):
+        doc_ids = list(tok.encode(text[i % 7 :] + text[: i % 7])) + [tok.eos_id]
+        ids += doc_ids
+        seg += [doc] * len(doc_ids)
+        doc += 1
+    n = max(0, (len(ids) - 1) // context)
+    tokens = np.array([ids[i * context : i * context + context + 1] for i in range(n)], dtype=np.uint16).reshape(n, context + 1)
+    segments = np.zeros_like(tokens)
+    for r in range(n):
+        s = np.array(seg[r * context : r * context + context + 1])
+        segments[r] = s - s[0] + 1
+    manifest = {
+        "tokenizer": tokenizer, "vocab_size": tok.vocab_size + extra_vocab, "eos_id": 0, "pad_id": 0,
+        "context_length": context, "mode": "concat", "n_blocks": n, "n_tokens": int(tokens.size),
+        "pad_fraction": 0.0, "sources": {}, "inputs": {},
+    }
+    write_blocks(path, tokens, segments, manifest)
+
+
+def make_data(root: Path, n_train_docs: int = 40) -> dict:
+    """A char vocab folder, train blocks mixing both sources, and a val folder per source."""
+    vocab = root / "vocab"
+    vocab.mkdir(parents=True)
+    (vocab / "tokenizer.json").write_text(json.dumps({"kind": "char"}))
+    (vocab / "chars.json").write_text(json.dumps({"chars": CHARS}))
+    make_blocks(root / "packed/train", TEXTS["prose"] + TEXTS["code"], n_train_docs)
+    for name, text in TEXTS.items():
+        make_blocks(root / "packed/val" / name, text, 6)
+    return dict(
+        train_dir=root / "packed/train", val_dir=root / "packed/val", vocab_dir=vocab,
+        out_dir=root / "model", checkpoint_dir=root / "checkpoints",
+    )
+
+
+def cfg(**overrides) -> TrainConfig:
+    base = dict(device="cpu", batch_size=8, max_iters=60, lr=3e-3, min_lr=3e-4, warmup_iters=5, eval_interval=30,
+                eval_blocks=4, checkpoint_interval=0, threads=1, log_interval=5, peak_flops=1e9)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_loss_decreases_and_outputs_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    paths = make_data(tmp_path / "d")
+    tracker = Tracker(tmp_path / "metrics", wandb_mode="offline", wandb_dir=tmp_path / "wandb",
+                      config={"a": 1}, tags=["code=0.5"])
+    result = train(0, ModelConfig(**TINY), cfg(lr=1e-2, min_lr=1e-3, max_iters=100, eval_interval=50), tracker=tracker, **paths)
+    s = result.summary
+    first_loss = tracker.train_rows[0][1]
+    assert first_loss > 3.0  # about ln(V) at init
+    assert s["train_loss"] < 1.0 and s["val_loss"] < 1.0, s
+    assert set(s) >= {"val_loss_prose", "val_loss_code", "tokens_per_s", "mfu", "step", "params"}
+    assert s["step"] == 100 and s["mfu"] > 0
+    out = paths["out_dir"]
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "model_config.json", "tokenizer", "train_manifest.json"}
+    assert (out / "tokenizer" / "chars.json").is_file()
+    assert json.loads((tmp_path / "metrics/train.json").read_text())["step"] == 100
+    train_tsv = (tmp_path / "metrics/plots/train.tsv").read_text().splitlines()
+    assert train_tsv[0] == "step\tloss\tlr\ttokens_per_s\tmfu" and len(train_tsv) == 1 + 20
+    assert len((tmp_path / "metrics/plots/val_loss.tsv").read_text().splitlines()) == 1 + 2
+    assert sorted(p.name for p in (tmp_path / "metrics/plots/val").iterdir()) == ["code.tsv", "prose.tsv"]
+    assert list((tmp_path / "wandb").rglob("*.wandb"))  # an offline W&B run was recorded
+    assert latest_checkpoint(paths["checkpoint_dir"]).name == "step-00000100"
+
+
+RUNNER = """
+import json, sys
+from pathlib import Path
+from model.train import train
+from pipeline.config import ModelConfig, TrainConfig
+spec = json.loads(Path(sys.argv[1]).read_text())
+res = train(0, ModelConfig(**spec["model"]), TrainConfig(**spec["train"]), **spec["paths"])
+import torch, os
+rank = int(os.environ.get("RANK", "0"))
+torch.save({k: v.detach().clone() for k, v in res.model.state_dict().items()}, spec["weights"] + f".rank{rank}")
+"""
+
+
+def write_spec(tmp_path: Path, name: str, paths: dict, model: dict, train_cfg: TrainConfig) -> Path:
+    spec = {
+        "model": model, "train": asdict(train_cfg), "weights": str(tmp_path / f"{name}.pt"),
+        "paths": {k: str(v) for k, v in paths.items()},
+    }
+    (tmp_path / "runner.py").write_text(RUNNER)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def env() -> dict:
+    e = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", WANDB_MODE="disabled", WANDB_SILENT="true")
+    return e
+
+
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
+    model = dict(TINY, dropout=0.1)  # dropout: the RNG state must be restored too
+    train_cfg = cfg(max_iters=60, checkpoint_interval=5, eval_interval=20, grad_accum=2, batch_size=4)
+    ref = make_data(tmp_path / "ref")
+    train(0, ModelConfig(**model), train_cfg, **ref)
+
+    paths = make_data(tmp_path / "run")
+    spec = write_spec(tmp_path, "run", paths, model, train_cfg)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "runner.py"), str(spec)], env=env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None and latest_checkpoint(paths["checkpoint_dir"]) is None:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)  # kill -9 right after its first checkpoint
+    proc.wait()
+    ckpt = latest_checkpoint(paths["checkpoint_dir"])
+    assert ckpt is not None and int(ckpt.name.split("-")[1]) < 60, "the run was not interrupted"
+    assert not paths["out_dir"].exists()
+
+    train(0, ModelConfig(**model), train_cfg, **paths)  # resumes from the last good checkpoint
+    a, b = weights(ref["out_dir"]), weights(paths["out_dir"])
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_checkpoint_debris_from_a_kill_is_ignored(tmp_path):
+    ckpts = tmp_path / "ckpt"
+    model = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=1, n_head=1, n_embd=8))
+    state = {"format": 1, "fingerprint": "x", "step": 5}
+    save_checkpoint(ckpts, model, state, {"tokenizer": "char"})
+    (ckpts / ".step-00000010.tmp-abc").mkdir()  # killed while writing the next one
+    (ckpts / ".step-00000010.tmp-abc" / "model.safetensors").write_bytes(b"partial")
+    (ckpts / "step-00000008").mkdir()  # killed while deleting an old one: no train_state.pt left
+    assert latest_checkpoint(ckpts).name == "step-00000005"
+    assert load_checkpoint(ckpts, expected="x")[1]["step"] == 5
+    assert load_checkpoint(ckpts, print_fn=lambda *_: None, expected="other params") is None
+    save_checkpoint(ckpts, model, dict(state, step=10), {})
+    assert [p.name for p in ckpts.iterdir()] == ["step-00000010"]
+
+
+def test_ddp_two_processes_gloo(tmp_path):
+    paths = make_data(tmp_path / "d")
+    train_cfg = cfg(max_iters=20, eval_interval=10, checkpoint_interval=10, batch_size=4)
+    spec = write_spec(tmp_path, "ddp", paths, TINY, train_cfg)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    out = subprocess.run([*torchrun, str(tmp_path / "runner.py"), str(spec)], env=env(), cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    w0 = torch.load(tmp_path / "ddp.pt.rank0", weights_only=True)
+    w1 = torch.load(tmp_path / "ddp.pt.rank1", weights_only=True)
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    saved = weights(paths["out_dir"])
+    assert torch.equal(saved["transformer.wte.weight"], w0["transformer.wte.weight"])
+    state = torch.load(latest_checkpoint(paths["checkpoint_dir"]) / "train_state.pt", weights_only=True)
+    assert len(state["rng"]) == 2 and state["step"] == 20
+    n_blocks = json.loads((paths["train_dir"] / "manifest.json").read_text())["n_blocks"]
+    assert state["position"]["epoch"] * n_blocks + state["position"]["index"] == 20 * 2 * 4  # steps x ranks x batch
+
+
+def test_block_order_is_resumable_and_ranks_disjoint():
+    order = BlockOrder(10, seed=3)
+    a = Position()
+    whole = order.take(a, 25)
+    b = Position()
+    parts = np.concatenate([order.take(b, 7), BlockOrder(10, 3).take(b, 18)])
+    assert np.array_equal(whole, parts) and (a.epoch, a.index) == (b.epoch, b.index) == (2, 5)
+    assert sorted(whole[:10]) == list(range(10)) and not np.array_equal(whole[:10], whole[10:20])
+    step = order.take(Position(), 2 * 4)  # two ranks, batch 4
+    assert not set(step[:4]) & set(step[4:])
+
+
+def test_lr_schedule():
+    c = TrainConfig(lr=1.0, min_lr=0.1, warmup_iters=10, max_iters=110)
+    assert lr_at(0, c) == pytest.approx(1 / 11)
+    assert lr_at(9, c) == pytest.approx(10 / 11)
+    assert lr_at(10, c) == pytest.approx(1.0)
+    assert lr_at(60, c) == pytest.approx(0.55)
+    assert lr_at(110, c) == pytest.approx(0.1) and lr_at(500, c) == pytest.approx(0.1)
+
+
+def test_refuses_mismatched_data(tmp_path):
+    paths = make_data(tmp_path / "d")
+    other_vocab = tmp_path / "other_vocab"
+    GPT(GPTConfig(vocab_size=99, block_size=T, n_layer=1, n_head=1, n_embd=8)).save(other_vocab)
+    with pytest.raises(PipelineError, match=f"vocab size {V} does not match") as err:
+        train(0, ModelConfig(**TINY), cfg(init_from=str(other_vocab)), **paths)
+    assert "\n" not in str(err.value)
+
+    short = tmp_path / "short"
+    GPT(GPTConfig(vocab_size=V, block_size=T // 2, n_layer=1, n_head=1, n_embd=8)).save(short)
+    with pytest.raises(PipelineError, match=f"context length {T} exceeds"):
+        train(0, ModelConfig(**TINY), cfg(init_from=str(short)), **paths)
+
+    other_tokenizer = tmp_path / "other_tokenizer"
+    GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=1, n_head=1, n_embd=8)).save(other_tokenizer)
+    (other_tokenizer / "train_manifest.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": V}))
+    with pytest.raises(PipelineError, match="data tokenized with 'char' but train.init_from .* uses 'gpt2'"):
+        train(0, ModelConfig(**TINY), cfg(init_from=str(other_tokenizer)), **paths)
+
+    make_blocks(tmp_path / "val_wide", TEXTS["code"], 6, extra_vocab=5)
+    shutil.rmtree(paths["val_dir"] / "code")
+    shutil.copytree(tmp_path / "val_wide", paths["val_dir"] / "code")
+    with pytest.raises(PipelineError, match=f"code: vocab size {V + 5} does not match"):
+        train(0, ModelConfig(**TINY), cfg(), **paths)
+    assert not paths["out_dir"].exists()
+
+
+def test_checkpoint_of_other_params_is_not_resumed(tmp_path):
+    paths = make_data(tmp_path / "d")
+    train(0, ModelConfig(**TINY), cfg(max_iters=6, eval_interval=0), **paths)
+    assert latest_checkpoint(paths["checkpoint_dir"]).name == "step-00000006"
+    changed = train(0, ModelConfig(**TINY), cfg(max_iters=6, eval_interval=0, lr=2e-3), **paths)
+    fresh = train(0, ModelConfig(**TINY), cfg(max_iters=6, eval_interval=0, lr=2e-3),
+                  **dict(paths, out_dir=tmp_path / "m2", checkpoint_dir=tmp_path / "c2"))
+    for k, v in fresh.model.state_dict().items():
+        assert torch.equal(v, changed.model.state_dict()[k]), k
+
+
+def test_init_from_checkpoint_continues(tmp_path):
+    paths = make_data(tmp_path / "d")
+    train(0, ModelConfig(**TINY), cfg(max_iters=10, eval_interval=0), **paths)
+    base = tmp_path / "base"
+    shutil.copytree(paths["out_dir"], base)
+    paths2 = dict(paths, out_dir=tmp_path / "ft", checkpoint_dir=tmp_path / "ft_ckpt")
+    res = train(0, ModelConfig(preset="cpu-tiny"), cfg(max_iters=2, init_from=str(base)), **paths2)
+    assert res.model.config.n_embd == 32  # the shape comes from the checkpoint, not the params
+
+
+def test_nan_loss_stops_with_one_line_error(tmp_path):
+    paths = make_data(tmp_path / "d")
+    with pytest.raises(PipelineError, match=r"(loss|gradient norm) is (nan|inf)") as err:
+        train(0, ModelConfig(**TINY), cfg(lr=1e30, warmup_iters=0, grad_clip=0.0), **paths)
+    assert "\n" not in str(err.value)
+    assert not paths["out_dir"].exists()
+
+
+def test_run_config_and_tags():
+    from model.tracking import mixture_tags, run_config
+    from pipeline.config import load_params
+
+    params = load_params(REPO / "params.yaml")
+    config = run_config(params, {"train": "abc"})
+    assert config["seed"] == params.seed and config["train"]["lr"] == params.train.lr and config["model"]
+    assert config["data_manifests"] == {"train": "abc"} and "git_commit" in config
+    assert mixture_tags({"prose": 0.5, "code": 1}) == ["code=1", "prose=0.5"]
