@@ -42,7 +42,7 @@ def make_repo(path: Path, params: dict) -> Path:
     """Copy the project's files (as git sees them) into `path`, add a tiny corpus, commit."""
     listed = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO).stdout.split()
     for name in listed:
-        if (REPO / name).is_file() and not name.startswith(("data/", "metrics/")) and name != "dvc.lock":
+        if (REPO / name).is_file() and not name.startswith(("metrics/", "reports/")) and name != "dvc.lock":
             (path / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, path / name)
     notes = path / "corpus" / "notes"

@@ -1,0 +1,95 @@
+"""The whole pipeline through DVC on tiny params: repro, reproducibility across clones, experiments."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_dvc_pipeline import TINY_PARAMS, make_repo, ran, run
+
+FULL_PARAMS = {
+    **TINY_PARAMS,
+    "pack": {"context_length": 192, "mode": "concat"},  # room for the instruction records of `finetune`
+    "model": {"preset": "cpu-tiny", "dropout": 0.0, "tie_weights": True},
+    "train": {
+        "device": "cpu", "batch_size": 4, "max_iters": 30, "lr": 0.01, "min_lr": 0.001, "warmup_iters": 5,
+        "eval_interval": 15, "eval_blocks": 4, "checkpoint_interval": 15, "threads": 1, "log_interval": 5,
+        "peak_flops": -1.0,
+    },
+    "evaluate": {"max_blocks": 8, "batch_size": 8, "device": "cpu"},
+    "sample": {"prompts": ["note "], "num_samples": 1, "max_new_tokens": 16, "device": "cpu"},
+    "wandb": {"mode": "disabled", "project": "tinygpt-tests"},
+    "finetune": {"epochs": 1, "batch_size": 8, "device": "cpu"},
+}
+DATA_STAGES = ("sources", "vocab", "tokenize@notes", "tokenize@records", "split@notes", "split@records", "mix", "pack")
+
+
+def lock(repo: Path) -> dict:
+    return yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+
+
+def out_hashes(repo: Path, stage: str) -> dict:
+    return {o["path"]: o["md5"] for o in lock(repo)[stage]["outs"]}
+
+
+def loss_curve(repo: Path) -> list[tuple[str, str]]:
+    rows = csv.DictReader((repo / "metrics/plots/train.tsv").open(), delimiter="\t")
+    return [(r["step"], r["loss"]) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def clones(tmp_path_factory) -> tuple[Path, Path]:
+    """Two independent copies of the project, each after a full `dvc repro`."""
+    repos = []
+    for name in ("a", "b"):
+        repo = make_repo(tmp_path_factory.mktemp(f"clone-{name}"), FULL_PARAMS)
+        run(["dvc", "repro"], repo)
+        repos.append(repo)
+    return repos[0], repos[1]
+
+
+def test_repro_runs_every_stage_and_learns(clones):
+    repo, _ = clones
+    assert set(lock(repo)) >= set(DATA_STAGES) | {"train", "evaluate", "sample", "finetune"}
+    metrics = json.loads((repo / "metrics/eval.json").read_text())
+    assert metrics["loss"] < metrics["unigram_loss"], metrics
+    assert {"loss_notes", "loss_records", "perplexity"} <= set(metrics)
+    assert "## Prompt 1" in (repo / "data/samples.md").read_text()
+    assert (repo / "data/finetuned/template.json").is_file()
+    shown = run(["dvc", "metrics", "show", "--json"], repo).stdout
+    assert "unigram_loss" in shown and "achieved_share" in shown
+    run(["dvc", "plots", "show", "-o", "plots-html"], repo)
+    assert (repo / "plots-html/index.html").is_file()
+
+
+def test_two_clones_give_identical_data_and_loss_curves(clones):
+    a, b = clones
+    for stage in DATA_STAGES:
+        assert out_hashes(a, stage) == out_hashes(b, stage), stage
+    assert out_hashes(a, "train")["data/model"] == out_hashes(b, "train")["data/model"], "same weights on CPU"
+    assert loss_curve(a) == loss_curve(b) and len(loss_curve(a)) == 6
+
+
+def test_experiments_rerun_from_mix_and_compare(clones):
+    repo, _ = clones
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline"], repo)
+    output = run(["dvc", "exp", "run", "-n", "notes-heavy", "-S", "mix.weights.notes=0.9"], repo).stdout
+    stages = ran(output)
+    assert {"mix", "pack", "train", "evaluate"} <= stages
+    assert not any(s.startswith(("tokenize", "split", "vocab")) for s in stages), stages
+    run(["git", "checkout", "--", "params.yaml"], repo)  # queue the grid from the baseline's params
+    run(["dvc", "exp", "run", "--queue", "-S", "mix.weights.records=0.2,0.9"], repo)
+    run(["dvc", "exp", "run", "--run-all"], repo)
+    table = run(["dvc", "exp", "show", "--no-pager", "--md"], repo).stdout
+    assert "notes-heavy" in table and "achieved_share" in table and "loss_notes" in table
+    run(["python", "-m", "pipeline.compare", "--x", "notes"], repo)
+    rows = list(csv.DictReader((repo / "reports/compare.csv").open()))
+    assert len(rows) == 4, rows  # the baseline, notes-heavy and the two queued runs
+    shares = sorted(float(r["share_notes"]) for r in rows)
+    assert shares == pytest.approx([0.5 / 1.4, 0.5, 0.9 / 1.4, 0.5 / 0.7], abs=1e-3)
+    assert (repo / "reports/compare.png").stat().st_size > 10_000
