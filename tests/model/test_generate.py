@@ -16,15 +16,6 @@ from pipeline.tokenizer import load_tokenizer
 CHARS = "abcdefgh \n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and far slower when busy cores are oversubscribed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(vocab_size=37, block_size=16) -> GPT:
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=32)).eval()

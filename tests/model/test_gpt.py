@@ -11,15 +11,6 @@ from pipeline.config import ModelConfig
 from pipeline.errors import PipelineError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and far slower when busy cores are oversubscribed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**overrides) -> GPT:
     torch.manual_seed(0)
     cfg = dict(vocab_size=37, block_size=16, n_layer=2, n_head=2, n_embd=32)

@@ -15,15 +15,6 @@ from pipeline.errors import PipelineError  # noqa: E402
 VOCAB, CTX = 61, 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and far slower when busy cores are oversubscribed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def hf_model(tie: bool):
     """A small random GPT2LMHeadModel with every parameter (biases, LayerNorms too) randomised."""
     torch.manual_seed(0)
