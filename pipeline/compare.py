@@ -35,9 +35,10 @@ class Run:
     params: dict
 
 
-def dvc_experiments(repo: Path = Path(".")) -> list:
-    """The output of `dvc exp show --json` for `repo`."""
-    result = subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, capture_output=True, text=True)
+def dvc_experiments(repo: Path = Path("."), revs: list[str] | None = None) -> list:
+    """The output of `dvc exp show --json` for `repo`: HEAD's experiments, or those of `revs`."""
+    command = ["dvc", "exp", "show", "--json"] + [arg for rev in revs or [] for arg in ("--rev", rev)]
+    result = subprocess.run(command, cwd=repo, capture_output=True, text=True)
     if result.returncode != 0:
         raise PipelineError(f"dvc exp show failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no output'}")
     return json.loads(result.stdout)
@@ -100,23 +101,36 @@ def to_csv(header: list[str], rows: list[list]) -> str:
     return buffer.getvalue()
 
 
+def _without_mixture(params: dict) -> dict:
+    return {k: v for k, v in params.items() if k != "mix"}
+
+
 def plot(runs: list[Run], x_source: str, path: Path) -> None:
-    """Val loss per source and overall against the share of `x_source`, one point per run."""
+    """Val loss per source and overall against the share of `x_source`.
+
+    Runs that differ from the first one only in the mixture are joined by lines; runs that also
+    change other params (a model setting, say) are drawn as labelled crosses, not on the lines.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ordered = sorted(runs, key=lambda r: r.shares.get(x_source, 0.0))
-    xs = [r.shares.get(x_source, 0.0) for r in ordered]
+    reference = _without_mixture(runs[0].params)
+    sweep = sorted((r for r in runs if _without_mixture(r.params) == reference), key=lambda r: r.shares.get(x_source, 0.0))
+    others = [r for r in runs if _without_mixture(r.params) != reference]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for series in sorted({s for r in runs for s in r.losses}, key=lambda s: (s == "overall", s)):
-        ys = [r.losses.get(series) for r in ordered]
         style = {"color": "black", "linewidth": 2.2} if series == "overall" else {}
-        ax.plot(xs, ys, marker="o", label=f"val loss: {series}", **style)
+        (line,) = ax.plot([r.shares.get(x_source, 0.0) for r in sweep], [r.losses.get(series) for r in sweep],
+                          marker="o", label=f"val loss: {series}", **style)
+        for r in others:
+            ax.plot(r.shares.get(x_source, 0.0), r.losses.get(series), marker="x", markersize=9, color=line.get_color())
+            if series == "overall":
+                ax.annotate(r.name, (r.shares.get(x_source, 0.0), r.losses[series]), textcoords="offset points", xytext=(6, -10))
     ax.set_xlabel(f"share of train tokens from '{x_source}'")
     ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title("Validation loss against the data mixture")
+    ax.set_title("Validation loss against the data mixture (x: runs with other params)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -149,8 +163,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPORTS_DIR, help="folder for compare.md/.csv/.png")
     parser.add_argument("--x", help="source whose share is the plot's x axis (default: the first source)")
     parser.add_argument("--workspace", action="store_true", help="also list the uncommitted workspace")
+    parser.add_argument("--rev", action="append", help="baseline commit whose experiments to compare (default HEAD; repeatable)")
     args = parser.parse_args()
-    runs = compare(dvc_experiments(), args.out, args.x, args.workspace)
+    runs = compare(dvc_experiments(revs=args.rev), args.out, args.x, args.workspace)
     print((args.out / "compare.md").read_text(), end="")
     print(f"{len(runs)} runs -> {args.out}/compare.md, compare.csv, compare.png")
 
