@@ -16,7 +16,6 @@ included). The two modes must produce identical token ids (checked on every run)
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,22 +27,9 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from model.gpt import GPT, PRESETS, GPTConfig  # noqa: E402
+from machine import busy_seconds, load, own_seconds  # noqa: E402
 
 
-def load() -> str:
-    return " ".join(open("/proc/loadavg").read().split()[:3])
-
-
-def _busy_s() -> float:
-    """CPU seconds all processes on the machine have used (busy fields of /proc/stat's `cpu` line)."""
-    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = f[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_s() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 def timed(model: GPT, prompt: torch.Tensor, new: int, use_cache: bool) -> tuple[float, torch.Tensor]:
@@ -61,7 +47,7 @@ def bench(preset: str, args) -> dict:
     timed(model, prompt, 8, False)
     best = {True: float("inf"), False: float("inf")}
     outs = {}
-    t0, busy0, own0 = time.perf_counter(), _busy_s(), _own_s()
+    t0, busy0, own0 = time.perf_counter(), busy_seconds(), own_seconds()
     for _ in range(args.repeat):
         for use_cache in (True, False):
             seconds, out = timed(model, prompt, args.new, use_cache)
@@ -69,7 +55,7 @@ def bench(preset: str, args) -> dict:
             outs.setdefault(use_cache, out)
             if not torch.equal(out, outs[use_cache]):
                 raise SystemExit(f"{preset}: generation is not deterministic (use_cache={use_cache})")
-    other = max(0.0, (_busy_s() - busy0) - (_own_s() - own0)) / (time.perf_counter() - t0)
+    other = max(0.0, (busy_seconds() - busy0) - (own_seconds() - own0)) / (time.perf_counter() - t0)
     identical = torch.equal(outs[True], outs[False])
     if not identical:
         raise SystemExit(f"{preset}: outputs with and without the KV cache differ")

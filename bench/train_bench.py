@@ -63,6 +63,7 @@ from model.train import measure_matmul_flops, train  # noqa: E402
 from pipeline.blocks import write_blocks  # noqa: E402
 from pipeline.config import ModelConfig, TrainConfig  # noqa: E402
 from pipeline.tokenizer import CharTokenizer  # noqa: E402
+from machine import busy_seconds, load, own_seconds  # noqa: E402
 
 SEED = 1337
 VAL_FRACTION = 0.1  # nanoGPT's split of tinyshakespeare
@@ -236,20 +237,6 @@ def matmul_peaks() -> dict:
 
 # ---------------------------------------------------------------- parts
 
-def load() -> str:
-    return " ".join(open("/proc/loadavg").read().split()[:3])
-
-
-def _busy_s() -> float:
-    """CPU seconds all processes on the machine have used (busy fields of /proc/stat's `cpu` line)."""
-    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = f[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_s() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 class OtherLoad:
@@ -260,12 +247,12 @@ class OtherLoad:
     """
 
     def __enter__(self):
-        self._t, self._busy, self._own = time.perf_counter(), _busy_s(), _own_s()
+        self._t, self._busy, self._own = time.perf_counter(), busy_seconds(), own_seconds()
         return self
 
     def __exit__(self, *_):
         wall = time.perf_counter() - self._t
-        self.cores = max(0.0, (_busy_s() - self._busy) - (_own_s() - self._own)) / wall if wall > 0 else 0.0
+        self.cores = max(0.0, (busy_seconds() - self._busy) - (own_seconds() - self._own)) / wall if wall > 0 else 0.0
 
 
 def part_a(args, peak: float) -> dict:
