@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,12 +223,10 @@ def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int) -> d
 
 
 def lr_at(step: int, total_steps: int, cfg: FinetuneConfig) -> float:
-    """Linear warmup to `lr` over `warmup_iters` steps, then cosine decay to `min_lr` at the last step."""
-    if step < cfg.warmup_iters:
-        return cfg.lr * (step + 1) / (cfg.warmup_iters + 1)
-    span = max(1, total_steps - 1 - cfg.warmup_iters)
-    ratio = min(1.0, (step - cfg.warmup_iters) / span)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+    """The fine-tuning schedule (its own warmup, lr and min_lr): decay ends at the last step."""
+    from model.train import warmup_cosine
+
+    return warmup_cosine(step, cfg.warmup_iters, total_steps - 1, cfg.lr, cfg.min_lr)
 
 
 @torch.no_grad()
@@ -346,8 +343,7 @@ def finetune(cfg: FinetuneConfig, seed: int, out_dir: str | Path, print_fn: Call
     print_fn(f"finetune: response loss after {after:.4f}")
     model.eval()
     with atomic_dir(out_dir) as tmp:
-        model.save_files(tmp)
-        shutil.copytree(tok_dir, tmp / "tokenizer")
+        model.save_files(tmp, tok_dir)
         write_json(tmp / TEMPLATE_FILE, template.to_dict())
     metrics = {
         "records": len(examples),

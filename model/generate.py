@@ -105,9 +105,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 @cli
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from model.evaluate import resolve_device
+
+    device = resolve_device(args.device)
     prompt = args.prompt
     if args.instruction is not None:
         from model.finetune import load_template, render_prompt

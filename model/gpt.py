@@ -302,21 +302,21 @@ class GPT(nn.Module):
             state.pop("lm_head.weight")
         return {name: t.detach().cpu().contiguous() for name, t in state.items()}
 
-    def save_files(self, folder: str | Path) -> None:
-        """Write model.safetensors + model_config.json into an existing folder (not atomic: for
-        callers that build a larger checkpoint inside their own `atomic_dir`)."""
+    def save_files(self, folder: str | Path, tokenizer_dir: str | Path | None = None) -> None:
+        """Write model.safetensors + model_config.json (+ a copy of tokenizer_dir as `tokenizer/`) into an
+        existing folder (not atomic: for callers that build a larger checkpoint inside their own `atomic_dir`)."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         save_file(self._tensors(), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
         write_json(folder / CONFIG_FILE, dataclasses.asdict(self.config))
+        if tokenizer_dir is not None:
+            shutil.copytree(tokenizer_dir, folder / TOKENIZER_DIR)
 
     def save(self, path: str | Path, tokenizer_dir: str | Path | None = None) -> None:
         """Write our checkpoint folder atomically, with a copy of tokenizer_dir as `tokenizer/`."""
         with atomic_dir(path) as tmp:
-            self.save_files(tmp)
-            if tokenizer_dir is not None:
-                shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
+            self.save_files(tmp, tokenizer_dir)
 
     @classmethod
     def load(cls, path: str | Path, map_location="cpu", dropout: Optional[float] = None) -> "GPT":

@@ -128,13 +128,17 @@ class BlockOrder:
         return np.concatenate(out)
 
 
+def warmup_cosine(step: int, warmup_iters: int, decay_end: int, lr: float, min_lr: float) -> float:
+    """Linear warmup to `lr` over `warmup_iters` steps, then cosine decay to `min_lr` at step `decay_end`."""
+    if step < warmup_iters:
+        return lr * (step + 1) / (warmup_iters + 1)
+    ratio = min(1.0, (step - warmup_iters) / max(1, decay_end - warmup_iters))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to `lr` over `warmup_iters`, then cosine decay to `min_lr` at `max_iters`."""
-    if step < cfg.warmup_iters:
-        return cfg.lr * (step + 1) / (cfg.warmup_iters + 1)
-    span = max(1, cfg.max_iters - cfg.warmup_iters)
-    ratio = min(1.0, (step - cfg.warmup_iters) / span)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+    """The pretraining schedule: decay ends at `max_iters`."""
+    return warmup_cosine(step, cfg.warmup_iters, cfg.max_iters, cfg.lr, cfg.min_lr)
 
 
 def fingerprint(seed: int, model_cfg: ModelConfig, cfg: TrainConfig, data_hashes: dict[str, str], world: int) -> str:
@@ -523,9 +527,7 @@ def _train(d, device, seed, model_cfg, cfg, train_dir, val_dir, out_dir, checkpo
 
     if d.main:
         with atomic_dir(out_dir) as tmp:
-            raw.save_files(tmp)
-            if vocab_dir is not None:
-                shutil.copytree(vocab_dir, tmp / "tokenizer")
+            raw.save_files(tmp, vocab_dir)
             write_json(tmp / TRAIN_MANIFEST_FILE, manifest)
     summary = summarize(tracker, pos.step, params_count, tokens_per_step * d.world)
     tracker.finish(summary)

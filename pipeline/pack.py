@@ -38,14 +38,14 @@ def plan_blocks(lengths: Iterable[int], width: int, mode: str) -> Plan:
     sizes = [int(n) + 1 for n in lengths]
     if mode == "concat":
         return _plan_concat(sizes, width)
+    if mode == "pad":
+        return [[(doc, start, min(width, size - start))] for doc, size in enumerate(sizes) for start in range(0, size, width)]
     blocks, leftovers = [], []
     for doc, size in enumerate(sizes):
         full, rest = divmod(size, width)
         blocks.extend([[(doc, k * width, width)] for k in range(full)])
         if rest:
             leftovers.append((doc, full * width, rest))
-    if mode == "pad":
-        return _interleave_by_doc(blocks, [[piece] for piece in leftovers])
     if mode == "bestfit":
         return blocks + _best_fit_decreasing(leftovers, width)
     raise PipelineError(f"pack.mode: unknown mode '{mode}'")
@@ -65,11 +65,6 @@ def _plan_concat(sizes: list[int], width: int) -> Plan:
     if current:
         blocks.append(current)
     return blocks
-
-
-def _interleave_by_doc(full: Plan, rest: Plan) -> Plan:
-    """Full chunks and leftovers back in document order (pad mode keeps the input order)."""
-    return sorted(full + rest, key=lambda block: (block[0][0], block[0][1]))
 
 
 def _best_fit_decreasing(chunks: list[Piece], width: int) -> Plan:

@@ -77,6 +77,7 @@ class CharTokenizer:
         self._lookup = np.full(int(codepoints.max(initial=0)) + 1, self.UNK_ID, dtype=np.uint32)
         self._lookup[codepoints] = np.arange(2, self.vocab_size, dtype=np.uint32)
         self._dtype = np.uint16 if self.vocab_size <= 1 << 16 else np.uint32
+        self._known = set(chars)
 
     def encode(self, text: str) -> np.ndarray:
         codepoints = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
@@ -94,11 +95,7 @@ class CharTokenizer:
 
     def unknown_chars(self, text: str) -> set[str]:
         """Characters of `text` this vocabulary does not know."""
-        return {c for c in set(text) if c not in self._known}
-
-    @property
-    def _known(self) -> set[str]:
-        return set(self.chars)
+        return set(text) - self._known
 
 
 def load_tokenizer(vocab_dir: str | Path) -> Tokenizer:

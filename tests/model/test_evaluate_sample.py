@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from model.evaluate import evaluate, load_val_sets
 from model.gpt import GPT, GPTConfig
 from model.sample import sample
+from tests.conftest import write_char_vocab
 from pipeline.blocks import write_blocks
 from pipeline.config import EvaluateConfig, SampleConfig
 from pipeline.errors import PipelineError
@@ -36,10 +37,7 @@ def write_val(path, n_blocks: int, seed: int, vocab_size: int = V, context: int 
 
 @pytest.fixture
 def model_dir(tmp_path):
-    vocab = tmp_path / "vocab"
-    vocab.mkdir()
-    (vocab / "tokenizer.json").write_text(json.dumps({"kind": "char"}))
-    (vocab / "chars.json").write_text(json.dumps({"chars": CHARS}))
+    vocab = write_char_vocab(tmp_path / "vocab", CHARS)
     torch.manual_seed(0)
     GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=1, n_head=2, n_embd=16)).save(tmp_path / "model", vocab)
     return tmp_path / "model"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -14,7 +15,6 @@ import pytest
 import torch
 import yaml
 
-import model.finetune as ft
 from model.finetune import (
     DEFAULT_TEMPLATE,
     Record,
@@ -312,7 +312,7 @@ def test_errors_leave_nothing_half_written(tmp_path, monkeypatch):
     def broken_copy(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ft.shutil, "copytree", broken_copy)  # fails midway through writing the folder
+    monkeypatch.setattr(shutil, "copytree", broken_copy)  # fails midway through writing the folder
     with pytest.raises(OSError, match="disk full"):
         finetune(config(tmp_path, base, epochs=2), seed=1, out_dir=out, print_fn=lambda *_: None)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # the old output, intact

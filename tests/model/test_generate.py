@@ -1,6 +1,5 @@
 """Generation: KV cache equals no cache, sampling filters, EOS stop, the CLI and sample_texts."""
 
-import json
 import os
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import torch
 
 from model.generate import main, sample_texts
 from model.gpt import GPT, GPTConfig, sample_next
+from tests.conftest import write_char_vocab
 from pipeline.errors import PipelineError
 from pipeline.tokenizer import load_tokenizer
 
@@ -97,10 +97,7 @@ def test_stops_at_eos():
 
 @pytest.fixture
 def char_checkpoint(tmp_path):
-    vocab = tmp_path / "vocab"
-    vocab.mkdir()
-    (vocab / "tokenizer.json").write_text(json.dumps({"kind": "char"}))
-    (vocab / "chars.json").write_text(json.dumps({"chars": CHARS}))
+    vocab = write_char_vocab(tmp_path / "vocab", CHARS)
     model = tiny(vocab_size=len(CHARS) + 2, block_size=32)
     model.save(tmp_path / "ckpt", tokenizer_dir=vocab)
     return tmp_path / "ckpt"

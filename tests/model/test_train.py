@@ -17,6 +17,7 @@ import torch
 from model.gpt import GPT, GPTConfig
 from model.tracking import Tracker
 from model.train import BlockOrder, Position, latest_checkpoint, load_checkpoint, lr_at, save_checkpoint, train
+from tests.conftest import write_char_vocab
 from pipeline.blocks import write_blocks
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.errors import PipelineError
@@ -58,10 +59,7 @@ def make_blocks(path: Path, text: str, n_docs: int, context: int = T, tokenizer:
 
 def make_data(root: Path, n_train_docs: int = 40) -> dict:
     """A char vocab folder, train blocks mixing both sources, and a val folder per source."""
-    vocab = root / "vocab"
-    vocab.mkdir(parents=True)
-    (vocab / "tokenizer.json").write_text(json.dumps({"kind": "char"}))
-    (vocab / "chars.json").write_text(json.dumps({"chars": CHARS}))
+    vocab = write_char_vocab(root / "vocab", CHARS)
     make_blocks(root / "packed/train", TEXTS["prose"] + TEXTS["code"], n_train_docs)
     for name, text in TEXTS.items():
         make_blocks(root / "packed/val" / name, text, 6)
