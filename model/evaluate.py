@@ -1,10 +1,13 @@
 """The `evaluate` stage: loss and perplexity of the trained model on every source's validation blocks.
 
 `python -m model.evaluate` reads `data/model/` and `data/packed/val/<source>/` and writes the flat
-DVC metric `metrics/eval.json`: `loss`, `perplexity`, `tokens` over all sources (token-weighted),
-and `loss_<source>`, `perplexity_<source>`, `tokens_<source>` for each. A source without
-validation blocks reports `tokens_<source>: 0` and null loss/perplexity. `unigram_loss[_<source>]`
-is the baseline a model without context gets on the same targets (from `data/packed/train`).
+DVC metric `metrics/eval.json`: `loss`, `perplexity`, `tokens`, `bpb` over all sources
+(token-weighted), and `loss_<source>`, `perplexity_<source>`, `tokens_<source>`, `bpb_<source>`
+for each. `bpb` is bits per UTF-8 byte of the scored text: the summed loss in bits over the bytes
+the target tokens stand for (EOS stands for none), so models with different tokenizers compare on
+one scale. A source without validation blocks reports `tokens_<source>: 0` and null
+loss/perplexity/bpb. `unigram_loss[_<source>]` is the baseline a model without context gets on the
+same targets (from `data/packed/train`).
 
 Also home of the helpers the trainer shares: device choice, data/model compatibility checks and
 block scoring.
@@ -24,11 +27,9 @@ from pipeline.blocks import Blocks, load_blocks
 from pipeline.config import EvaluateConfig, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.io import read_json, write_json
+from pipeline.paths import METRICS_DIR, MODEL_DIR, TRAIN_BLOCKS, VAL_BLOCKS
 
-MODEL_DIR = Path("data/model")
-VAL_DIR = Path("data/packed/val")
-TRAIN_DIR = Path("data/packed/train")
-METRICS_FILE = Path("metrics/eval.json")
+METRICS_FILE = METRICS_DIR / "eval.json"
 TRAIN_MANIFEST_FILE = "train_manifest.json"  # the train data's manifest, saved beside the model
 
 
@@ -92,14 +93,19 @@ def score_blocks(
     batch_size: int,
     device: torch.device,
     doc_mask: bool = False,
-) -> tuple[float, int]:
-    """Sum of the per-token cross-entropy over the loss-masked targets of `rows`, and their count."""
+    token_bytes: Optional[np.ndarray] = None,
+) -> tuple[float, int, int]:
+    """Sum of the per-token cross-entropy over the loss-masked targets of `rows`, their count, and
+    (with `token_bytes`, the UTF-8 size of each token id) the bytes those targets stand for."""
     autocast = autocast_for(device)
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count, nbytes = 0.0, 0, 0
     for start in range(0, len(rows), batch_size):
-        batch = {k: torch.from_numpy(v).to(device) for k, v in blocks.batch(rows[start : start + batch_size]).items()}
+        arrays = blocks.batch(rows[start : start + batch_size])
+        if token_bytes is not None:
+            nbytes += int(token_bytes[arrays["targets"][arrays["loss_mask"]]].sum())
+        batch = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
         n = int(batch["loss_mask"].sum())
         if n == 0:
             continue
@@ -113,22 +119,24 @@ def score_blocks(
         total += float(loss) * n
         count += n
     model.train(was_training)
-    return total, count
+    return total, count, nbytes
 
 
 def score_sources(
-    model: torch.nn.Module, val: dict[str, Blocks], max_blocks: int, batch_size: int, device: torch.device
+    model: torch.nn.Module, val: dict[str, Blocks], max_blocks: int, batch_size: int, device: torch.device,
+    token_bytes: np.ndarray,
 ) -> dict:
-    """Flat metrics: loss/perplexity/tokens overall (token-weighted) and per source, on the first `max_blocks` (0: all)."""
+    """Flat metrics: loss/perplexity/tokens/bpb overall (token-weighted) and per source, on the first
+    `max_blocks` (0: all)."""
     doc_mask = bool(getattr(model.config, "doc_mask", False))
     metrics: dict = {}
-    total, count = 0.0, 0
+    total, count, nbytes = 0.0, 0, 0
     for name, blocks in val.items():
         n = len(blocks) if max_blocks <= 0 else min(max_blocks, len(blocks))
-        s, c = score_blocks(model, blocks, np.arange(n), batch_size, device, doc_mask)
-        metrics.update(_loss_metrics(s, c, f"_{name}"))
-        total, count = total + s, count + c
-    metrics.update(_loss_metrics(total, count, ""))
+        s, c, b = score_blocks(model, blocks, np.arange(n), batch_size, device, doc_mask, token_bytes)
+        metrics.update(_loss_metrics(s, c, b, f"_{name}"))
+        total, count, nbytes = total + s, count + c, nbytes + b
+    metrics.update(_loss_metrics(total, count, nbytes, ""))
     return dict(sorted(metrics.items()))
 
 
@@ -152,12 +160,13 @@ def unigram_baseline(train: Blocks, val: dict[str, Blocks], max_blocks: int, voc
     return metrics
 
 
-def _loss_metrics(total: float, count: int, suffix: str) -> dict:
+def _loss_metrics(total: float, count: int, nbytes: int, suffix: str) -> dict:
     loss = total / count if count else None
     return {
         f"loss{suffix}": loss,
         f"perplexity{suffix}": math.exp(min(loss, 700.0)) if loss is not None else None,
         f"tokens{suffix}": count,
+        f"bpb{suffix}": total / math.log(2) / nbytes if nbytes else None,
     }
 
 
@@ -165,7 +174,8 @@ def evaluate(model_dir: str | Path, val_dir: str | Path, cfg: EvaluateConfig, tr
     """Score the model saved in `model_dir` on every source under `val_dir`; return the flat metrics.
 
     With `train_dir`, also the unigram baseline of that train data (`unigram_loss[_<source>]`)."""
-    from model.gpt import GPT
+    from model.gpt import GPT, TOKENIZER_DIR
+    from pipeline.tokenizer import load_tokenizer
 
     device = resolve_device(cfg.device)
     model_dir = Path(model_dir)
@@ -180,7 +190,8 @@ def evaluate(model_dir: str | Path, val_dir: str | Path, cfg: EvaluateConfig, tr
             blocks.manifest, Path(val_dir) / name, model.config.vocab_size, model.config.block_size,
             tokenizer, f"the model in {model_dir}",
         )
-    metrics = score_sources(model, val, cfg.max_blocks, cfg.batch_size, device)
+    token_bytes = load_tokenizer(model_dir / TOKENIZER_DIR).token_bytes()
+    metrics = score_sources(model, val, cfg.max_blocks, cfg.batch_size, device, token_bytes)
     if train_dir is not None:
         metrics.update(unigram_baseline(load_blocks(train_dir), val, cfg.max_blocks, model.config.vocab_size))
     return dict(sorted(metrics.items()))
@@ -189,9 +200,12 @@ def evaluate(model_dir: str | Path, val_dir: str | Path, cfg: EvaluateConfig, tr
 @cli
 def main() -> None:
     params = load_params()
-    metrics = evaluate(MODEL_DIR, VAL_DIR, params.evaluate, TRAIN_DIR)
+    metrics = evaluate(MODEL_DIR, VAL_BLOCKS, params.evaluate, TRAIN_BLOCKS)
     write_json(METRICS_FILE, metrics)
-    print(f"eval: loss {metrics['loss']:.4f} (unigram baseline {metrics['unigram_loss']:.4f}) over {metrics['tokens']} tokens -> {METRICS_FILE}")
+    print(
+        f"eval: loss {metrics['loss']:.4f} (unigram baseline {metrics['unigram_loss']:.4f}), "
+        f"{metrics['bpb']:.3f} bits per byte, over {metrics['tokens']} tokens -> {METRICS_FILE}"
+    )
 
 
 if __name__ == "__main__":

@@ -36,10 +36,10 @@ import torch
 from pipeline.config import FinetuneConfig, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_dir, write_json
+from pipeline.paths import FINETUNED_DIR, METRICS_DIR
 from pipeline.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
-OUT_DIR = Path("data/finetuned")
-METRICS_FILE = Path("metrics/finetune.json")
+METRICS_FILE = METRICS_DIR / "finetune.json"
 TEMPLATE_FILE = "template.json"
 FIELDS = ("instruction", "input", "output")
 
@@ -361,9 +361,9 @@ def finetune(cfg: FinetuneConfig, seed: int, out_dir: str | Path, print_fn: Call
 @cli
 def main() -> None:
     params = load_params()
-    metrics = finetune(params.finetune, params.seed, OUT_DIR)
+    metrics = finetune(params.finetune, params.seed, FINETUNED_DIR)
     write_json(METRICS_FILE, metrics)
-    print(f"finetune: done, response loss {metrics['loss_before']:.4f} -> {metrics['loss_after']:.4f} -> {OUT_DIR}")
+    print(f"finetune: done, response loss {metrics['loss_before']:.4f} -> {metrics['loss_after']:.4f} -> {FINETUNED_DIR}")
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ from model.evaluate import resolve_device
 from pipeline.config import SampleConfig, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_file
-
-MODEL_DIR = Path("data/model")
-SAMPLES_FILE = Path("data/samples.md")
+from pipeline.paths import MODEL_DIR, SAMPLES_FILE
 
 
 def generate_samples(model_dir: str | Path, cfg: SampleConfig, seed: int) -> list[tuple[str, list[str]]]:

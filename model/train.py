@@ -53,14 +53,7 @@ from pipeline.blocks import Blocks, load_blocks
 from pipeline.config import ModelConfig, TrainConfig, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_dir, read_json, sha256_file, write_json
-
-TRAIN_DIR = Path("data/packed/train")
-VAL_DIR = Path("data/packed/val")
-VOCAB_DIR = Path("data/vocab")
-MODEL_DIR = Path("data/model")
-CHECKPOINT_DIR = Path("data/checkpoints")
-METRICS_DIR = Path("metrics")
-WANDB_DIR = Path("data/wandb")
+from pipeline.paths import CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, MODEL_DIR, TRAIN_BLOCKS, VAL_BLOCKS, VOCAB_DIR, WANDB_DIR
 
 STATE_FILE = "train_state.pt"
 STATE_FORMAT = 1
@@ -148,10 +141,12 @@ def fingerprint(seed: int, model_cfg: ModelConfig, cfg: TrainConfig, data_hashes
     files of `init_from` (names, sizes, mtimes).
     """
     import model.gpt
+    import pipeline.arrays
     import pipeline.blocks
+    import pipeline.store
 
     train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPERATIONAL_KEYS}
-    code = {Path(m.__file__).name: sha256_file(m.__file__) for m in (model.gpt, pipeline.blocks)}
+    code = {Path(m.__file__).name: sha256_file(m.__file__) for m in (model.gpt, pipeline.blocks, pipeline.store, pipeline.arrays)}
     code[Path(__file__).name] = sha256_file(__file__)
     init = None
     if cfg.init_from and Path(cfg.init_from).is_dir():
@@ -341,7 +336,7 @@ def evaluate_val(model, val: dict[str, Blocks], eval_blocks: int, batch_size: in
     doc_mask = bool(model.config.doc_mask)
     for i, (name, blocks) in enumerate(val.items()):
         n = len(blocks) if eval_blocks <= 0 else min(eval_blocks, len(blocks))
-        s, c = score_blocks(model, blocks, np.arange(n)[d.rank :: d.world], batch_size, device, doc_mask)
+        s, c, _ = score_blocks(model, blocks, np.arange(n)[d.rank :: d.world], batch_size, device, doc_mask)
         sums[i, 0], sums[i, 1] = s, c
     if d.world > 1:
         dist.all_reduce(sums)
@@ -554,10 +549,10 @@ def _finite(value: float) -> Optional[float]:
 @cli
 def main() -> None:
     params = load_params()
-    folders = {"train": TRAIN_DIR}
-    if VAL_DIR.is_dir():
-        folders.update({f"val/{p.name}": p for p in sorted(VAL_DIR.iterdir()) if (p / "manifest.json").is_file()})
-    hashes = manifest_hashes(folders) if (TRAIN_DIR / "manifest.json").is_file() else {}
+    folders = {"train": TRAIN_BLOCKS}
+    if VAL_BLOCKS.is_dir():
+        folders.update({f"val/{p.name}": p for p in sorted(VAL_BLOCKS.iterdir()) if (p / MANIFEST_FILE).is_file()})
+    hashes = manifest_hashes(folders) if (TRAIN_BLOCKS / MANIFEST_FILE).is_file() else {}
     tracker = Tracker(
         METRICS_DIR,
         wandb_mode=params.wandb.mode,
@@ -571,8 +566,8 @@ def main() -> None:
         params.seed,
         params.model,
         params.train,
-        train_dir=TRAIN_DIR,
-        val_dir=VAL_DIR,
+        train_dir=TRAIN_BLOCKS,
+        val_dir=VAL_BLOCKS,
         out_dir=MODEL_DIR,
         checkpoint_dir=CHECKPOINT_DIR,
         vocab_dir=VOCAB_DIR,

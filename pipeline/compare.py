@@ -1,8 +1,8 @@
 """Compare DVC experiments: per-source and overall validation loss against the mixture weights.
 
 `python -m pipeline.compare` reads `dvc exp show --json` and writes into `reports/`:
-- `compare.md` and `compare.csv`: one row per experiment (mixture shares, val loss per source
-  and overall, tied or untied output layer);
+- `compare.md` and `compare.csv`: one row per experiment (mixture shares, val loss and bits per
+  byte per source and overall, tied or untied output layer);
 - `compare.png`: val loss against the share of one source (`--x`, default the first source).
 `dvc plots show` shows the PNG and the CSV too (top-level `plots` in dvc.yaml).
 """
@@ -14,14 +14,14 @@ import csv
 import io
 import json
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_file
+from pipeline.paths import METRICS_DIR, REPORTS_DIR
 
-REPORTS_DIR = Path("reports")
-EVAL_FILE = "metrics/eval.json"
+EVAL_FILE = (METRICS_DIR / "eval.json").as_posix()
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Run:
     shares: dict[str, float]  # normalised mixture weights
     losses: dict[str, float]  # val loss per source, and "overall"
     params: dict
+    bpb: dict[str, float] = field(default_factory=dict)  # val bits per byte per source, and "overall"
 
 
 def dvc_experiments(repo: Path = Path("."), revs: list[str] | None = None) -> list:
@@ -66,19 +67,27 @@ def _run(name: str, row: dict) -> list[Run]:
     total = sum(weights.values())
     losses = {key[len("loss_"):]: value for key, value in metrics.items() if key.startswith("loss_") and value is not None}
     losses["overall"] = metrics["loss"]
-    return [Run(name=name, rev=row["rev"][:7], shares={k: w / total for k, w in sorted(weights.items())}, losses=losses, params=params)]
+    bpb = {key[len("bpb_"):]: value for key, value in metrics.items() if key.startswith("bpb_") and value is not None}
+    if metrics.get("bpb") is not None:
+        bpb["overall"] = metrics["bpb"]
+    shares = {k: w / total for k, w in sorted(weights.items())}
+    return [Run(name=name, rev=row["rev"][:7], shares=shares, losses=losses, params=params, bpb=bpb)]
 
 
 def table_rows(runs: list[Run]) -> tuple[list[str], list[list]]:
     sources = sorted({s for r in runs for s in r.shares} | {s for r in runs for s in r.losses if s != "overall"})
-    header = ["experiment", "rev", "tie_weights"] + [f"share_{s}" for s in sources] + [f"val_loss_{s}" for s in sources] + ["val_loss_overall"]
+    header = (
+        ["experiment", "rev", "tie_weights"] + [f"share_{s}" for s in sources]
+        + [f"val_loss_{s}" for s in sources] + ["val_loss_overall"]
+        + [f"val_bpb_{s}" for s in sources] + ["val_bpb_overall"]
+    )
     rows = []
     for r in runs:
         rows.append(
             [r.name, r.rev, r.params.get("model", {}).get("tie_weights")]
             + [round(r.shares.get(s, 0.0), 4) for s in sources]
-            + [_round(r.losses.get(s)) for s in sources]
-            + [_round(r.losses["overall"])]
+            + [_round(r.losses.get(s)) for s in sources + ["overall"]]
+            + [_round(r.bpb.get(s)) for s in sources + ["overall"]]
         )
     return header, rows
 

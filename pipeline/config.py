@@ -16,32 +16,48 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineError
 
 PARAMS_FILE = "params.yaml"
 
-SourceFormat = Literal["text", "jsonl", "parquet", "hf", "python-docs", "python-stdlib"]
+SourceFormat = Literal["text", "jsonl", "parquet", "hf"]
+SnapshotFormat = Literal["hf", "python-docs", "python-stdlib"]
 PackMode = Literal["concat", "pad", "bestfit"]
 
 
 @dataclass
-class SourceConfig:
-    """Where one source's documents come from and how they are read."""
+class SnapshotConfig:
+    """Data copied into the project (`data/raw/<name>/`, Parquet) so that DVC versions it: a Hugging
+    Face hub dataset at a pinned revision, or text that ships with Python."""
 
-    format: SourceFormat  # text | jsonl | parquet | hf | python-docs | python-stdlib
-    path: Optional[str] = None  # file or folder (hf: dataset name or local folder); python-*: unused
+    format: SnapshotFormat  # hf | python-docs (English docs prose) | python-stdlib (standard library code)
+    path: Optional[str] = None  # hf: the hub dataset id, e.g. HuggingFaceFW/fineweb-edu
+    revision: Optional[str] = None  # hf: pinned revision (commit sha or tag); required
+    subset: Optional[str] = None  # hf: configuration name, if the dataset has several
+    hf_split: str = "train"  # hf: which split of the dataset to read
+    text_field: str = "text"  # hf: the field holding the text
+    max_docs: Optional[int] = None  # hf: stop after this many documents (a sample of a large dataset)
+
+    def validate(self, key: str) -> None:
+        if self.format == "hf" and not (self.path and self.revision):
+            raise ConfigError(f"{key}: format 'hf' needs path (the dataset id) and a pinned revision")
+        if self.format != "hf" and (self.path or self.revision):
+            raise ConfigError(f"{key}: path and revision are for format 'hf' only")
+        if self.max_docs is not None and self.max_docs < 1:
+            raise ConfigError(f"{key}.max_docs must be >= 1, got {self.max_docs}")
+
+
+@dataclass
+class SourceConfig:
+    """Where one source's documents come from and how they are read. `path` is a DVC dependency."""
+
+    format: SourceFormat  # text | jsonl | parquet | hf (a local Hugging Face dataset folder)
+    path: str  # a file or a folder; a snapshot's is data/raw/<snapshot name>
     glob: Optional[str] = None  # pattern of files inside a folder `path`, e.g. "**/*.md"
     document: Literal["file", "paragraph", "line"] = "file"  # text only: how a file is cut into documents
     text_field: str = "text"  # jsonl, parquet, hf: the field holding the text
-    revision: Optional[str] = None  # hf: pinned revision (commit sha or tag); required for hub datasets
     subset: Optional[str] = None  # hf: configuration name, if the dataset has several
     hf_split: str = "train"  # hf: which split of the dataset to read
-
-    def validate(self, key: str) -> None:
-        if self.format in ("text", "jsonl", "parquet", "hf") and not self.path:
-            raise ConfigError(f"{key}.path is required for format '{self.format}'")
-        if self.format in ("python-docs", "python-stdlib") and self.path:
-            raise ConfigError(f"{key}.path is not used by format '{self.format}'; remove it")
 
 
 @dataclass
@@ -198,6 +214,7 @@ class Params:
     split: SplitConfig
     mix: MixConfig
     pack: PackConfig
+    snapshots: dict[str, SnapshotConfig] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -208,12 +225,23 @@ class Params:
     def validate(self, key: str) -> None:
         if not self.sources:
             raise ConfigError("sources: at least one source is required")
-        for name in self.sources:
-            if not name.replace("_", "").replace("-", "").isalnum():
-                raise ConfigError(f"sources.{name}: source names may hold letters, digits, '_' and '-' only")
+        for section, names in (("sources", self.sources), ("snapshots", self.snapshots)):
+            for name in names:
+                if not name.replace("_", "").replace("-", "").isalnum():
+                    raise ConfigError(f"{section}.{name}: names may hold letters, digits, '_' and '-' only")
         for name in self.mix.weights:
             if name not in self.sources:
                 raise ConfigError(f"mix.weights.{name}: no source named '{name}' (sources: {', '.join(self.sources)})")
+
+
+def entry_argument(argv: list[str], entries: dict, section: str, stage: str) -> str:
+    """The one `<name>` argument of a per-entry stage (`python -m pipeline.<stage> <name>`), which
+    must name an entry of the params section `section` (`entries`)."""
+    if len(argv) != 2:
+        raise PipelineError(f"usage: python -m pipeline.{stage} <name of an entry of {section}>")
+    if argv[1] not in entries:
+        raise PipelineError(f"{section}.{argv[1]}: no such entry in params.yaml")
+    return argv[1]
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:

@@ -5,6 +5,11 @@ whose share exceeds its size is repeated in whole epochs, then topped up with a 
 its documents; a smaller share is a seeded sample alone. The last sampled document is cut so
 the source gets exactly its share. Each source samples with its own seed (from `seed` and its
 name), so adding a source never changes what another contributes. Val sets are never mixed.
+
+Writes `data/mix/`, an index over the token stores in the mixture's (seeded) order: `source.npy`
+(uint16, index into the manifest's `sources`), `doc.npy` (int64, the document in that source's
+store) and `keep.npy` (int64, how many of its tokens to keep, its EOS not counted), with a
+manifest; and the report `metrics/mix.json`. Its size follows the number of documents, not tokens.
 """
 
 from __future__ import annotations
@@ -16,13 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import MixConfig, load_params
-from pipeline.docs import DocTable, DocWriter
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_dir, sha256_file, write_json
-from pipeline.split import SPLIT_DIR
+from pipeline.paths import MANIFEST_FILE, METRICS_DIR, MIX_DIR, SPLIT_DIR, TOKENS_DIR
+from pipeline.store import TokenStore
 
-MIX_DIR = Path("data/mix")
-REPORT_FILE = Path("metrics/mix.json")
+REPORT_FILE = METRICS_DIR / "mix.json"
+MIX_COLUMNS = ("source", "doc", "keep")
 
 
 @dataclass
@@ -91,34 +96,47 @@ def plan_mixture(lengths: dict[str, np.ndarray], cfg: MixConfig, seed: int) -> t
     return selections, {"sources": report, "train_tokens": total}
 
 
-def write_mixture(tables: dict[str, DocTable], selections: dict[str, Selection], seed: int, out_dir: Path) -> None:
-    """Write the selected documents, interleaved in a seeded order, to `out_dir/train.arrow`."""
+def interleave(selections: dict[str, Selection], docs: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """The selected documents of all sources in one seeded order: `source` (index into sorted names),
+    `doc` (document index in its store) and `keep` columns."""
     names = sorted(selections)
-    which = np.concatenate([np.full(len(selections[n].rows), i) for i, n in enumerate(names)])
-    index = np.concatenate([np.arange(len(selections[n].rows)) for n in names])
+    which = np.concatenate([np.full(len(selections[n].rows), i, dtype=np.uint16) for i, n in enumerate(names)])
+    doc = np.concatenate([docs[n][selections[n].rows] for n in names])
+    keep = np.concatenate([selections[n].keep for n in names])
     order = np.random.default_rng(seed).permutation(len(which))
-    dtype = next(iter(tables.values())).dtype
+    return {"source": which[order], "doc": doc[order], "keep": keep[order]}
+
+
+def write_mixture(columns: dict[str, np.ndarray], names: list[str], seed: int, inputs: dict, out_dir: Path) -> None:
+    """Write the mixture index and its manifest into `out_dir` (replaced whole)."""
     with atomic_dir(out_dir) as tmp:
-        with DocWriter(tmp / "train.arrow", dtype) as writer:
-            ids = {n: tables[n].doc_ids for n in names}
-            for k in order:
-                name = names[which[k]]
-                row, keep = selections[name].rows[index[k]], selections[name].keep[index[k]]
-                writer.write(ids[name][row], name, tables[name].tokens(row)[:keep])
-        inputs = {n: sha256_file(tables[n].path) for n in names}
-        write_json(tmp / "manifest.json", {"seed": seed, "docs": writer.docs, "tokens": writer.tokens, "inputs": inputs})
+        for name in MIX_COLUMNS:
+            np.save(tmp / f"{name}.npy", columns[name])
+        manifest = {"seed": seed, "sources": names, "docs": len(columns["doc"]),
+                    "tokens": int((columns["keep"] + 1).sum()), "inputs": inputs}
+        write_json(tmp / MANIFEST_FILE, manifest)
+
+
+def train_documents(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A source's train documents (indices into its store) and their lengths in tokens."""
+    split = np.load(SPLIT_DIR / name / "train.npy")
+    offsets = TokenStore(TOKENS_DIR / name).offsets
+    return split, offsets[split + 1] - offsets[split]
 
 
 @cli
 def main() -> None:
     params = load_params()
     cfg = params.mix
-    tables = {name: DocTable(SPLIT_DIR / name / "train.arrow") for name, w in cfg.weights.items() if w > 0}
-    for name, table in tables.items():
-        if len(table) == 0:
+    names = sorted(name for name, w in cfg.weights.items() if w > 0)
+    docs, lengths = {}, {}
+    for name in names:
+        docs[name], lengths[name] = train_documents(name)
+        if len(docs[name]) == 0:
             raise PipelineError(f"mix.weights.{name}: source '{name}' has no train documents")
-    selections, report = plan_mixture({n: t.lengths for n, t in tables.items()}, cfg, params.seed)
-    write_mixture(tables, selections, params.seed, MIX_DIR)
+    selections, report = plan_mixture(lengths, cfg, params.seed)
+    inputs = {name: sha256_file(SPLIT_DIR / name / MANIFEST_FILE) for name in names}
+    write_mixture(interleave(selections, docs, params.seed), names, params.seed, inputs, MIX_DIR)
     write_json(REPORT_FILE, report)
     for name, row in report["sources"].items():
         print(f"mix {name}: requested {row['requested_share']:.3f}, achieved {row['achieved_share']:.3f}, epochs {row['epochs']:.2f}")

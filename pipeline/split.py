@@ -1,55 +1,74 @@
 """The `split@<source>` stage: train/val by a stable hash of each document's content.
 
-A document goes to val when the first 8 bytes of its content hash, read as a fraction of 2**64,
-fall below `split.val_fraction`. The decision looks at nothing but the document itself, so it never
-changes with the mixture, the seed or the other sources, and identical documents share a split.
+A document goes to val when the first 8 bytes of its content hash, read as a big-endian fraction of
+2**64, fall below `split.val_fraction`. The decision looks at nothing but the document itself, so it
+never changes with the mixture, the seed or the other sources, and identical documents share a split.
+
+Writes `data/split/<source>/`: `train.npy` and `val.npy`, the ascending indices (int64) of the
+documents in the source's token store, and `manifest.json` (counts, the store's manifest hash).
+Memory stays flat: the hashes are read in chunks of CHUNK_DOCS.
 """
 
 from __future__ import annotations
 
+import math
 import sys
+from fractions import Fraction
 from pathlib import Path
 
-from pipeline.config import SplitConfig, load_params
-from pipeline.docs import DocTable, DocWriter
+import numpy as np
+
+from pipeline.arrays import NpyWriter
+from pipeline.config import SplitConfig, entry_argument, load_params
 from pipeline.errors import PipelineError, cli
-from pipeline.io import atomic_dir, write_json
-from pipeline.tokenize import DOCS_FILE, TOKENS_DIR
+from pipeline.io import atomic_dir, sha256_file, write_json
+from pipeline.paths import MANIFEST_FILE, SPLIT_DIR, TOKENS_DIR
+from pipeline.store import TokenStore
 
-SPLIT_DIR = Path("data/split")
 SPLITS = ("train", "val")
+CHUNK_DOCS = 1 << 20
 
 
-def is_val(doc_id: str, val_fraction: float) -> bool:
-    """True when the document with this content hash belongs to the validation split."""
-    return int(doc_id[:16], 16) < val_fraction * 2.0**64  # exact: int vs float compare, no rounding
+def val_threshold(val_fraction: float) -> int:
+    """The integer t with: hash key < val_fraction * 2**64  <=>  key < t (exact, no float rounding)."""
+    return math.ceil(Fraction(val_fraction) * 2**64)
 
 
-def split_documents(docs: DocTable, cfg: SplitConfig, out_dir: Path, name: str) -> dict:
-    """Write `train.arrow` and `val.arrow` into `out_dir`; return the counts per split."""
-    counts = {}
+def is_val(hashes: np.ndarray, threshold: int) -> np.ndarray:
+    """(n, 16) uint8 content hashes -> (n,) bool: which documents belong to val."""
+    keys = np.ascontiguousarray(hashes[:, :8]).view(">u8").ravel()
+    return keys < np.uint64(threshold)
+
+
+def split_store(store: TokenStore, cfg: SplitConfig, out_dir: Path, name: str) -> dict:
+    """Write `train.npy`, `val.npy` and the manifest into `out_dir`; return the counts per split."""
+    threshold = val_threshold(cfg.val_fraction)
+    counts = {split: {"docs": 0, "tokens": 0} for split in SPLITS}
     with atomic_dir(out_dir) as tmp:
-        writers = {split: DocWriter(tmp / f"{split}.arrow", docs.dtype) for split in SPLITS}
-        for i, (identifier, source) in enumerate(zip(docs.doc_ids, docs.sources)):
-            split = "val" if is_val(identifier, cfg.val_fraction) else "train"
-            writers[split].write(identifier, source, docs.tokens(i))
-        for split, writer in writers.items():
+        writers = {split: NpyWriter(tmp / f"{split}.npy", np.int64) for split in SPLITS}
+        for start in range(0, len(store), CHUNK_DOCS):
+            stop = min(start + CHUNK_DOCS, len(store))
+            val = is_val(store.hashes[start:stop], threshold)
+            lengths = np.diff(store.offsets[start : stop + 1])
+            for split, chosen in (("train", ~val), ("val", val)):
+                writers[split].append(np.flatnonzero(chosen) + start)
+                counts[split]["docs"] += int(chosen.sum())
+                counts[split]["tokens"] += int(lengths[chosen].sum())
+        for writer in writers.values():
             writer.close()
-            counts[split] = {"docs": writer.docs, "tokens": writer.tokens}
         if counts["train"]["docs"] == 0:
             raise PipelineError(f"sources.{name}: every document landed in val; lower split.val_fraction")
-        write_json(tmp / "manifest.json", {"val_fraction": cfg.val_fraction, **counts})
+        inputs = {"store": sha256_file(store.folder / MANIFEST_FILE)}
+        write_json(tmp / MANIFEST_FILE, {"source": name, "val_fraction": cfg.val_fraction, **counts, "inputs": inputs})
     return counts
 
 
 @cli
 def main() -> None:
-    if len(sys.argv) != 2:
-        raise PipelineError("usage: python -m pipeline.split <source name>")
-    name = sys.argv[1]
-    cfg = load_params().split
-    source_file = TOKENS_DIR / name / DOCS_FILE
-    counts = split_documents(DocTable(source_file), cfg, SPLIT_DIR / name, name)
+    params = load_params()
+    name = entry_argument(sys.argv, params.sources, "sources", "split")
+    cfg = params.split
+    counts = split_store(TokenStore(TOKENS_DIR / name), cfg, SPLIT_DIR / name, name)
     if cfg.val_fraction > 0 and counts["val"]["docs"] == 0:
         print(f"split {name}: warning: no document landed in val ({counts['train']['docs']} documents)", file=sys.stderr)
     print(f"split {name}: train {counts['train']}, val {counts['val']}")

@@ -1,36 +1,43 @@
-"""The `tokenize@<source>` stage: one source's documents -> `data/tokens/<source>/docs.arrow`.
+"""The `tokenize@<source>` stage: one source's documents -> its token store `data/tokens/<source>/`.
 
-Documents are streamed in batches of about BATCH_CHARS characters to one worker process per core
-(at most MAX_PENDING batches in flight, so memory does not grow with the corpus); results come back
-in order, so the output is the same whatever the number of workers.
+The main process only plans read tasks (`pipeline.sources.read_tasks`) and appends results. Each
+worker process reads a task itself, tokenizes and hashes its documents, and sends back one batch:
+the tokens of all its documents back to back, their lengths and their content hashes. A bounded
+number of tasks is in flight (`pipeline.parallel`), so memory does not grow with the corpus, and
+results are written in task order, so the store is the same whatever the number of workers.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import hashlib
 import os
 import sys
-from collections import deque
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.blocks import token_dtype
-from pipeline.config import SourceConfig, load_params
-from pipeline.docs import DocWriter
+from pipeline.config import SourceConfig, entry_argument, load_params
 from pipeline.errors import PipelineError, cli
-from pipeline.io import atomic_dir, sha256_dir, sha256_file, write_json
-from pipeline.sources import SOURCES_DIR, ReadStats, doc_id, iter_documents
-from pipeline.tokenizer import Tokenizer, load_tokenizer
-from pipeline.vocab import VOCAB_DIR
-
-TOKENS_DIR = Path("data/tokens")
-DOCS_FILE = "docs.arrow"
-BATCH_CHARS = 1 << 20
-MAX_PENDING_PER_WORKER = 4
+from pipeline.io import atomic_dir, sha256_dir, write_json
+from pipeline.parallel import ordered_parallel_map
+from pipeline.paths import MANIFEST_FILE, TOKENS_DIR, VOCAB_DIR
+from pipeline.sources import ReadStats, ReadTask, read_tasks, task_documents
+from pipeline.store import HASH_BYTES, StoreWriter, token_dtype
+from pipeline.tokenizer import Tokenizer, load_tokenizer, tokenizer_info
 
 _worker_tokenizer: Tokenizer | None = None
+
+
+class Batch(NamedTuple):
+    """A task's documents, tokenized: what a worker sends back."""
+
+    tokens: np.ndarray  # all documents' tokens back to back
+    lengths: np.ndarray  # (docs,) int64
+    hashes: np.ndarray  # (docs, 16) uint8
+    text_bytes: int  # UTF-8 bytes of the documents
+    stats: ReadStats
 
 
 def _init_worker(vocab_dir: str) -> None:
@@ -38,97 +45,53 @@ def _init_worker(vocab_dir: str) -> None:
     _worker_tokenizer = load_tokenizer(vocab_dir)
 
 
-def _encode_batch(texts: list[str]) -> list[tuple[str, np.ndarray]]:
-    return [(doc_id(text), _worker_tokenizer.encode(text)) for text in texts]
+def encode_task(task: ReadTask) -> Batch:
+    """Read, tokenize and hash one task's documents (runs in a worker)."""
+    docs, stats = task_documents(task)
+    encoded = [_worker_tokenizer.encode(text) for text in docs]
+    raw = [text.encode("utf-8", "surrogatepass") for text in docs]
+    hashes = b"".join(hashlib.blake2b(data, digest_size=HASH_BYTES).digest() for data in raw)
+    return Batch(
+        tokens=np.concatenate(encoded) if encoded else np.zeros(0, np.uint32),
+        lengths=np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)),
+        hashes=np.frombuffer(hashes, dtype=np.uint8).reshape(-1, HASH_BYTES),
+        text_bytes=sum(map(len, raw)),
+        stats=stats,
+    )
 
 
-def batched_texts(docs: Iterable[str], batch_chars: int = BATCH_CHARS) -> Iterator[list[str]]:
-    """Group non-blank documents into lists of about `batch_chars` characters."""
-    batch, size = [], 0
-    for text in docs:
-        if not text.strip():
-            continue
-        batch.append(text)
-        size += len(text)
-        if size >= batch_chars:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
-def ordered_parallel_map(fn: Callable, items: Iterable, workers: int, initializer, initargs) -> Iterator:
-    """`map(fn, items)` over `workers` processes, in order, with a bounded number of items in flight."""
-    if workers <= 1:
-        initializer(*initargs)
-        yield from map(fn, items)
-        return
-    context = multiprocessing.get_context("fork")
-    with context.Pool(workers, initializer=initializer, initargs=initargs) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.apply_async(fn, (item,)))
-            if len(pending) >= workers * MAX_PENDING_PER_WORKER:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-
-
-def tokenize_documents(
-    docs: Iterable[str], vocab_dir: Path, workers: int
-) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (doc_id, token ids) for every non-blank document, in input order."""
-    batches = batched_texts(docs)
-    for results in ordered_parallel_map(_encode_batch, batches, workers, _init_worker, (str(vocab_dir),)):
-        yield from results
-
-
-def tokenize_source(
-    name: str, cfg: SourceConfig, vocab_dir: Path, out_dir: Path, workers: int, fingerprint_file: Path | None = None
-) -> dict:
-    """Tokenize source `name` into `out_dir` (docs.arrow + manifest.json); return the manifest."""
-    tokenizer = load_tokenizer(vocab_dir)
-    stats = ReadStats()
-    docs = iter_documents(cfg, f"sources.{name}", stats)
+def tokenize_source(name: str, cfg: SourceConfig, vocab_dir: Path, out_dir: Path, workers: int) -> dict:
+    """Tokenize source `name` into the store `out_dir`; return its manifest."""
+    info = tokenizer_info(vocab_dir)
+    stats, text_bytes = ReadStats(), 0
+    tasks = read_tasks(cfg, f"sources.{name}")
     with atomic_dir(out_dir) as tmp:
-        with DocWriter(tmp / DOCS_FILE, token_dtype(tokenizer.vocab_size)) as writer:
-            for identifier, tokens in tokenize_documents(docs, vocab_dir, workers):
-                writer.write(identifier, name, tokens)
-        if writer.docs == 0:
+        writer = StoreWriter(tmp, token_dtype(info["vocab_size"]))
+        for batch in ordered_parallel_map(encode_task, tasks, workers, _init_worker, (str(vocab_dir),)):
+            writer.append(batch.tokens, batch.lengths, batch.hashes)
+            stats.add(batch.stats)
+            text_bytes += batch.text_bytes
+        layout = writer.close()
+        if layout["docs"] == 0:
             raise PipelineError(f"sources.{name}: no documents (the source is empty or blank)")
         manifest = {
             "source": name,
-            "tokenizer": tokenizer.name,
-            "vocab_size": tokenizer.vocab_size,
-            "docs": writer.docs,
-            "tokens": writer.tokens,
-            "files": stats.files,
-            "replaced_chars": stats.replaced_chars,
-            "docs_with_replacements": stats.docs_with_replacements,
-            "inputs": {
-                "vocab": sha256_dir(vocab_dir),
-                "source": sha256_file(fingerprint_file) if fingerprint_file else None,
-            },
+            **info,
+            **layout,
+            "text_bytes": text_bytes,
+            **asdict(stats),
+            "inputs": {"vocab": sha256_dir(vocab_dir), "settings": {k: v for k, v in asdict(cfg).items() if v is not None}},
         }
-        write_json(tmp / "manifest.json", manifest)
+        write_json(tmp / MANIFEST_FILE, manifest)
     return manifest
 
 
 @cli
 def main() -> None:
-    if len(sys.argv) != 2:
-        raise PipelineError("usage: python -m pipeline.tokenize <source name>")
-    name = sys.argv[1]
     params = load_params()
-    if name not in params.sources:
-        raise PipelineError(f"sources.{name}: no such source in params.yaml")
-    fingerprint_file = SOURCES_DIR / f"{name}.json"
-    if not fingerprint_file.is_file():
-        raise PipelineError(f"{fingerprint_file}: not found (run `dvc repro sources` first)")
-    manifest = tokenize_source(
-        name, params.sources[name], VOCAB_DIR, TOKENS_DIR / name, os.cpu_count() or 1, fingerprint_file
-    )
-    print(f"tokenize {name}: {manifest['docs']} documents, {manifest['tokens']} tokens")
+    name = entry_argument(sys.argv, params.sources, "sources", "tokenize")
+    manifest = tokenize_source(name, params.sources[name], VOCAB_DIR, TOKENS_DIR / name, os.cpu_count() or 1)
+    print(f"tokenize {name}: {manifest['docs']} documents, {manifest['tokens']} tokens, {manifest['text_bytes'] / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":

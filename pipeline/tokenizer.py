@@ -1,6 +1,6 @@
 """Tokenizers behind one small interface, loaded offline from the `vocab` stage's output folder.
 
-`vocab/tokenizer.json` says which kind it is:
+`vocab/tokenizer.json` says which kind it is (`kind`), its `name`, `vocab_size`, `eos_id` and `pad_id`:
 - tiktoken: BPE ranks in `ranks.tiktoken` (tiktoken's own file format), split pattern, special tokens;
 - char: the characters seen in the sources, in `chars.json`; unknown characters map to one id.
 """
@@ -31,6 +31,12 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes each token id stands for, (vocab_size,) int64; 0 for EOS and other specials.
+
+        The sum over a document's tokens is its UTF-8 size, which turns losses into bits per byte."""
+        ...
+
 
 class TiktokenTokenizer:
     """A tiktoken BPE (GPT-2's r50k ranks by default) built from local files only."""
@@ -59,6 +65,18 @@ class TiktokenTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._encoding.decode([int(i) for i in ids])
+
+    def token_bytes(self) -> np.ndarray:
+        special = set(self._encoding.special_tokens_set)
+        out = np.zeros(self.vocab_size, dtype=np.int64)
+        for i in range(self.vocab_size):
+            try:
+                out[i] = len(self._encoding.decode_single_token_bytes(i))
+            except KeyError:  # a gap in the ranks
+                continue
+        for text in special:
+            out[self._encoding.encode_single_token(text)] = 0
+        return out
 
 
 class CharTokenizer:
@@ -93,18 +111,33 @@ class CharTokenizer:
             out.append(EOS_TEXT if i == self.EOS_ID else "\ufffd" if i == self.UNK_ID else self.chars[i - 2])
         return "".join(out)
 
+    def token_bytes(self) -> np.ndarray:
+        """EOS 0, unknown 1 (a stand-in: the vocabulary is built from the data, so it never occurs there)."""
+        sizes = [len(c.encode("utf-8", "surrogatepass")) for c in self.chars]
+        return np.array([0, 1, *sizes], dtype=np.int64)
+
     def unknown_chars(self, text: str) -> set[str]:
         """Characters of `text` this vocabulary does not know."""
         return set(text) - self._known
 
 
-def load_tokenizer(vocab_dir: str | Path) -> Tokenizer:
-    """Load the tokenizer saved by the `vocab` stage. Never touches the network."""
-    vocab_dir = Path(vocab_dir)
+def tokenizer_info(vocab_dir: str | Path) -> dict:
+    """`tokenizer`, `vocab_size`, `eos_id`, `pad_id` of a vocab folder, without loading the tokenizer."""
+    spec = _read_spec(Path(vocab_dir))
+    return {"tokenizer": spec["name"], "vocab_size": spec["vocab_size"], "eos_id": spec["eos_id"], "pad_id": spec["pad_id"]}
+
+
+def _read_spec(vocab_dir: Path) -> dict:
     spec_path = vocab_dir / TOKENIZER_FILE
     if not spec_path.is_file():
         raise PipelineError(f"{spec_path}: not found (run `dvc repro vocab` first)")
-    spec = json.loads(spec_path.read_text())
+    return json.loads(spec_path.read_text())
+
+
+def load_tokenizer(vocab_dir: str | Path) -> Tokenizer:
+    """Load the tokenizer saved by the `vocab` stage. Never touches the network."""
+    vocab_dir = Path(vocab_dir)
+    spec = _read_spec(vocab_dir)
     if spec["kind"] == "char":
         return CharTokenizer(json.loads((vocab_dir / CHARS_FILE).read_text())["chars"])
     return TiktokenTokenizer(

@@ -4,7 +4,9 @@
   else from tiktoken's own download, else from the `openai-whisper` source distribution on the
   package index, which ships the same bytes as `whisper/assets/gpt2.tiktoken`.
 - another tiktoken encoding: fetched through tiktoken (network or its cache), saved as ranks.
-- char: the sorted set of characters in all configured sources.
+- char: the sorted set of characters in all configured sources (from their `scan@<source>` results).
+
+`tokenizer.json` always records `name`, `kind`, `vocab_size`, `eos_id` and `pad_id`.
 """
 
 from __future__ import annotations
@@ -18,13 +20,11 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from pipeline.config import SourceConfig, TokenizerConfig, load_params
+from pipeline.config import TokenizerConfig, load_params
 from pipeline.errors import PipelineError, cli
-from pipeline.io import atomic_dir, write_json
-from pipeline.sources import iter_documents
-from pipeline.tokenizer import CHARS_FILE, EOS_TEXT, RANKS_FILE, TOKENIZER_FILE
-
-VOCAB_DIR = Path("data/vocab")
+from pipeline.io import atomic_dir, read_json, write_json
+from pipeline.paths import SCAN_DIR, VOCAB_DIR
+from pipeline.tokenizer import CHARS_FILE, EOS_TEXT, RANKS_FILE, TOKENIZER_FILE, CharTokenizer
 GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 WHISPER_SDIST = "openai-whisper==20250625"
 WHISPER_MEMBER = "whisper/assets/gpt2.tiktoken"
@@ -105,25 +105,34 @@ def tiktoken_spec(name: str) -> tuple[dict, bytes]:
     return meta, serialize_ranks(spec["mergeable_ranks"])
 
 
-def char_vocabulary(sources: dict[str, SourceConfig]) -> str:
-    """Every character that occurs in the configured sources, sorted by code point."""
+def char_vocabulary(scan_files: list[Path]) -> str:
+    """Every character the sources' scans saw, sorted by code point."""
     seen: set[str] = set()
-    for name, cfg in sources.items():
-        for text in iter_documents(cfg, f"sources.{name}"):
-            seen.update(text)
+    for path in scan_files:
+        if not path.is_file():
+            raise PipelineError(f"{path}: not found (run `dvc repro scan` first)")
+        scan = read_json(path)
+        if "chars" not in scan:
+            raise PipelineError(f"{path}: scanned for tokenizer '{scan.get('tokenizer')}', not char (re-run `dvc repro scan`)")
+        seen.update(scan["chars"])
     return "".join(sorted(seen))
 
 
-def build_vocab(cfg: TokenizerConfig, sources: dict[str, SourceConfig], out_dir: Path) -> None:
+def build_vocab(cfg: TokenizerConfig, scan_files: list[Path], out_dir: Path) -> None:
     """Write the tokenizer files for `cfg.name` into `out_dir` (replaced whole, atomically)."""
     if cfg.name == "char":
-        chars = char_vocabulary(sources)
+        chars = char_vocabulary(scan_files)
+        ids = {"vocab_size": len(chars) + 2, "eos_id": CharTokenizer.EOS_ID, "pad_id": CharTokenizer.EOS_ID}
         with atomic_dir(out_dir) as tmp:
             write_json(tmp / CHARS_FILE, {"chars": chars})
-            write_json(tmp / TOKENIZER_FILE, {"kind": "char", "name": "char", "vocab_size": len(chars) + 2})
+            write_json(tmp / TOKENIZER_FILE, {"kind": "char", "name": "char", **ids})
         return
     meta, ranks = tiktoken_spec(cfg.name)
-    meta = {**meta, "eos_text": EOS_TEXT, "ranks_sha256": hashlib.sha256(ranks).hexdigest()}
+    eos_id = meta["special_tokens"][EOS_TEXT]
+    highest_rank = int(ranks.rstrip().rsplit(b" ", 1)[1])  # the file lists tokens by rank
+    size = max(highest_rank, *meta["special_tokens"].values()) + 1
+    meta = {**meta, "eos_text": EOS_TEXT, "ranks_sha256": hashlib.sha256(ranks).hexdigest(),
+            "vocab_size": size, "eos_id": eos_id, "pad_id": eos_id}
     with atomic_dir(out_dir) as tmp:
         (tmp / RANKS_FILE).write_bytes(ranks)
         write_json(tmp / TOKENIZER_FILE, meta)
@@ -132,7 +141,7 @@ def build_vocab(cfg: TokenizerConfig, sources: dict[str, SourceConfig], out_dir:
 @cli
 def main() -> None:
     params = load_params()
-    build_vocab(params.tokenizer, params.sources, VOCAB_DIR)
+    build_vocab(params.tokenizer, [SCAN_DIR / f"{name}.json" for name in params.sources], VOCAB_DIR)
 
 
 if __name__ == "__main__":

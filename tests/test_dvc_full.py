@@ -25,7 +25,7 @@ FULL_PARAMS = {
     "wandb": {"mode": "disabled", "project": "tinygpt-tests"},
     "finetune": {"epochs": 1, "batch_size": 8, "device": "cpu"},
 }
-DATA_STAGES = ("sources", "vocab", "tokenize@notes", "tokenize@records", "split@notes", "split@records", "mix", "pack")
+DATA_STAGES = ("scan@notes", "scan@records", "vocab", "tokenize@notes", "tokenize@records", "split@notes", "split@records", "mix", "pack")
 
 
 def lock(repo: Path) -> dict:
@@ -64,6 +64,8 @@ def test_repro_runs_every_stage_and_learns(clones):
     assert "unigram_loss" in shown and "achieved_share" in shown
     run(["dvc", "plots", "show", "-o", "plots-html"], repo)
     assert (repo / "plots-html/index.html").is_file()
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], repo).stdout
+    assert {"bpb", "bpb_notes", "bpb_records"} <= set(metrics) and 0 < metrics["bpb"] < 8
 
 
 def test_two_clones_give_identical_data_and_loss_curves(clones):

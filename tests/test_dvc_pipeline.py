@@ -1,4 +1,4 @@
-"""`dvc repro` on a tiny params file in a temporary copy of the repo."""
+"""`dvc repro` of the data stages on tiny params in a temporary copy of the repo: what runs, and when."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from pipeline.blocks import load_blocks
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -31,10 +33,16 @@ TINY_PARAMS = {
         "notes": {"format": "text", "path": "corpus/notes", "document": "paragraph"},
         "records": {"format": "jsonl", "path": "corpus/records.jsonl"},
     },
+    "snapshots": {},
     "tokenizer": {"name": "char"},
     "split": {"val_fraction": 0.2},
     "mix": {"train_tokens": 3000, "weights": {"notes": 0.5, "records": 0.5}},
     "pack": {"context_length": 32, "mode": "bestfit"},
+}
+MORE_SOURCES = {  # every kind of source a user points at, each a DVC dependency
+    "pages": {"format": "text", "path": "corpus/pages", "glob": "*.md"},
+    "table": {"format": "hf", "path": "corpus/table"},
+    "pydocs": {"format": "parquet", "path": "data/raw/pydocs"},
 }
 
 
@@ -51,49 +59,103 @@ def make_repo(path: Path, params: dict) -> Path:
         (notes / f"n{i}.txt").write_text("\n\n".join(f"note {i}.{j}: the cat sat on mat {j}" for j in range(6)))
     records = [json.dumps({"text": f"record {i} says {'ab' * (i % 5 + 1)}"}) for i in range(80)]
     (path / "corpus" / "records.jsonl").write_text("\n".join(records) + "\n")
+    pages = path / "corpus" / "pages"
+    pages.mkdir()
+    for i in range(10):
+        (pages / f"p{i}.md").write_text(f"page {i}: a short page about mats and cats, number {i}")
+    (pages / "skipped.txt").write_text("not a page")
+    write_table(path)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], path)
-    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], path)
-    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny"], path)
+    commit(path, "tiny")
     return path
+
+
+def write_table(repo: Path, changed: dict[int, str] | None = None) -> None:
+    """A local Hugging Face dataset folder (one Parquet file) of 40 rows, some of them changed."""
+    rows = [f"row {i}: the cat ran" for i in range(40)]
+    for i, text in (changed or {}).items():
+        rows[i] = text
+    folder = repo / "corpus" / "table" / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"text": rows}), folder / "train-00000-of-00001.parquet")
+
+
+def commit(path: Path, message: str) -> None:
+    run(["git", "add", "-A"], path)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message], path)
 
 
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory) -> Path:
-    repo = make_repo(tmp_path_factory.mktemp("repo"), TINY_PARAMS)
+    params = {**TINY_PARAMS, "sources": {**TINY_PARAMS["sources"], **MORE_SOURCES}, "snapshots": {"pydocs": {"format": "python-docs"}}}
+    repo = make_repo(tmp_path_factory.mktemp("repo"), params)
     run(["dvc", "repro", "pack"], repo)
     return repo
 
 
-def test_repro_builds_packed_data(tiny_repo):
+def test_repro_builds_packed_data_and_status_is_clean(tiny_repo):
     blocks = load_blocks(tiny_repo / "data/packed/train")
-    assert blocks.tokens.shape[1] == 33 and len(blocks) > 0
+    assert blocks.context_length == 32 and len(blocks) > 0
     assert blocks.manifest["tokenizer"] == "char"
-    for name in ("notes", "records"):
+    for name in ("notes", "records", "pages", "table", "pydocs"):
         assert len(load_blocks(tiny_repo / f"data/packed/val/{name}")) > 0
     report = json.loads((tiny_repo / "metrics/mix.json").read_text())["sources"]
     assert abs(report["notes"]["achieved_share"] - 0.5) < 0.01
     assert "notes" in json.loads((tiny_repo / "metrics/pack.json").read_text())["train"]["tokens"]
+    assert json.loads((tiny_repo / "data/tokens/pages/manifest.json").read_text())["docs"] == 10, "the glob keeps *.md only"
+    assert "up to date" in run(["dvc", "status", "pack"], tiny_repo).stdout
+    assert ran(run(["dvc", "repro", "pack"], tiny_repo).stdout) == set(), "a no-op repro runs nothing"
+
+
+def test_outputs_are_linked_into_the_cache_not_copied(tiny_repo):
+    store = tiny_repo / "data/tokens/pydocs/tokens-00000.bin"
+    assert store.stat().st_nlink == 2, "the workspace file and its cache entry share one inode"
 
 
 def test_weight_change_reruns_mix_and_pack_only(tiny_repo):
     params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
     params["mix"]["weights"]["notes"] = 0.8
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    stages = ran(run(["dvc", "repro", "pack"], tiny_repo).stdout)
-    assert {"mix", "pack"} <= stages
-    assert not any(s.startswith(("tokenize", "split", "vocab")) for s in stages), stages
+    assert ran(run(["dvc", "repro", "pack"], tiny_repo).stdout) == {"mix", "pack"}
     report = json.loads((tiny_repo / "metrics/mix.json").read_text())["sources"]
     assert abs(report["notes"]["achieved_share"] - 0.8 / 1.3) < 0.01, "weights are relative"
-    again = ran(run(["dvc", "repro", "pack"], tiny_repo).stdout)
-    assert again <= {"sources"}, "nothing re-runs when nothing changed"
+    assert ran(run(["dvc", "repro", "pack"], tiny_repo).stdout) == set()
 
 
-def test_editing_one_source_retokenizes_only_that_source(tiny_repo):
-    records = tiny_repo / "corpus/records.jsonl"
-    records.write_text(records.read_text() + json.dumps({"text": "record 99 says abab"}) + "\n")  # no new characters
+def append_record(repo: Path) -> None:
+    with open(repo / "corpus/records.jsonl", "a") as handle:
+        handle.write(json.dumps({"text": "record 99 says abab"}) + "\n")
+
+
+@pytest.mark.parametrize(
+    "source, edit",
+    [
+        ("records", append_record),
+        ("notes", lambda repo: (repo / "corpus/notes/n3.txt").write_text("note 3: the mat sat on the cat")),
+        ("pages", lambda repo: (repo / "corpus/pages/p2.md").write_text("page 2: cats")),
+        ("table", lambda repo: write_table(repo, {1: "row 1: the rat ran"})),
+    ],
+)
+def test_editing_one_raw_file_reruns_exactly_its_source(tiny_repo, source, edit):
+    edit(tiny_repo)  # no new characters: the char vocabulary stays the same
     stages = ran(run(["dvc", "repro", "pack"], tiny_repo).stdout)
-    assert "tokenize@records" in stages and "tokenize@notes" not in stages
+    assert stages == {f"scan@{source}", f"tokenize@{source}", f"split@{source}", "mix", "pack"}, stages
+    assert "up to date" in run(["dvc", "status", "pack"], tiny_repo).stdout
+
+
+def test_a_file_outside_the_glob_changes_nothing_but_is_hashed(tiny_repo):
+    (tiny_repo / "corpus/pages/skipped.txt").write_text("still not a page")
+    stages = ran(run(["dvc", "repro", "pack"], tiny_repo).stdout)
+    assert stages <= {"scan@pages", "tokenize@pages"}, stages  # the folder is the dep; the store comes out equal
+
+
+def test_editing_a_module_reruns_the_stages_that_import_it(tiny_repo):
+    sources = tiny_repo / "pipeline/sources.py"
+    sources.write_text(sources.read_text() + "\n# an edit\n")
+    stages = ran(run(["dvc", "repro", "pack"], tiny_repo).stdout)
+    names = ("notes", "records", "pages", "table", "pydocs")
+    assert stages == {f"{stage}@{n}" for stage in ("scan", "tokenize") for n in names}, stages  # stores come out equal
 
 
 def test_bad_params_fail_with_one_line_naming_the_key(tmp_path):
@@ -104,4 +166,4 @@ def test_bad_params_fail_with_one_line_naming_the_key(tmp_path):
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors and "mix.weights.poetry" in errors[0]
-    assert not (repo / "data/sources").exists()
+    assert not (repo / "data/tokens").exists() and not (repo / "data/scan").exists()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from model.evaluate import evaluate, load_val_sets
 from model.gpt import GPT, GPTConfig
 from model.sample import sample
-from tests.conftest import write_char_vocab
+from tests.helpers import write_char_vocab
 from pipeline.blocks import write_blocks
 from pipeline.config import EvaluateConfig, SampleConfig
 from pipeline.errors import PipelineError
@@ -52,6 +52,12 @@ def direct_loss(model, blocks, n):
     return float(ce), int(mask.sum())
 
 
+def text_bytes(blocks, n: int) -> int:
+    """UTF-8 bytes the scored targets stand for, with the ASCII test vocabulary: all but EOS (id 0)."""
+    b = blocks.batch(np.arange(n))
+    return int((b["targets"][b["loss_mask"]] != 0).sum())
+
+
 def test_evaluate_per_source_and_overall(tmp_path, model_dir):
     val = tmp_path / "val"
     write_val(val / "code", 5, 1)
@@ -70,6 +76,10 @@ def test_evaluate_per_source_and_overall(tmp_path, model_dir):
     assert m["tokens"] == cc + cp
     assert m["perplexity"] == pytest.approx(math.exp(m["loss"]))
     assert m["tokens_empty"] == 0 and m["loss_empty"] is None and m["perplexity_empty"] is None
+    bc, bp = (text_bytes(sets[name], n) for name, n in (("code", 5), ("prose", 3)))  # ASCII: 1 byte a token, EOS 0
+    assert m["bpb_code"] == pytest.approx(sc / math.log(2) / bc, rel=1e-5)
+    assert m["bpb"] == pytest.approx((sc + sp) / math.log(2) / (bc + bp), rel=1e-5)
+    assert m["bpb_empty"] is None
     json.dumps(m, allow_nan=False)  # a valid DVC metrics file
 
     first = evaluate(model_dir, val, EvaluateConfig(max_blocks=2, batch_size=16, device="cpu"))

@@ -31,7 +31,7 @@ from model.gpt import GPT, GPTConfig
 from pipeline.config import FinetuneConfig, load_params
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.tokenizer import EOS_TEXT, load_tokenizer
-from tests.conftest import REPO, write_char_vocab
+from tests.helpers import REPO, write_char_vocab
 
 RECORDS = [
     {"instruction": "reverse a list", "output": "items[::-1]"},

@@ -9,7 +9,7 @@ import torch
 
 from model.generate import main, sample_texts
 from model.gpt import GPT, GPTConfig, sample_next
-from tests.conftest import write_char_vocab
+from tests.helpers import write_char_vocab
 from pipeline.errors import PipelineError
 from pipeline.tokenizer import load_tokenizer
 

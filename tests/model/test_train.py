@@ -17,7 +17,7 @@ import torch
 from model.gpt import GPT, GPTConfig
 from model.tracking import Tracker
 from model.train import BlockOrder, Position, latest_checkpoint, load_checkpoint, lr_at, save_checkpoint, train
-from tests.conftest import write_char_vocab
+from tests.helpers import write_char_vocab
 from pipeline.blocks import write_blocks
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.errors import PipelineError

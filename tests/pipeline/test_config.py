@@ -9,7 +9,7 @@ import yaml
 
 from pipeline.config import Params, load_params
 from pipeline.errors import ConfigError
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def write(tmp_path: Path, params: dict) -> Path:
@@ -46,6 +46,10 @@ def test_default_params_load():
         (lambda p: p["tokenizer"].update(name="bpe9000"), "tokenizer.name"),
         (lambda p: p["sources"].update(notes={"format": "text"}), "sources.notes.path"),
         (lambda p: p["sources"].update(notes={"format": "csv", "path": "x"}), "sources.notes.format"),
+        (lambda p: p["sources"].update(notes={"format": "python-docs", "path": "x"}), "sources.notes.format"),
+        (lambda p: p["snapshots"].update(web={"format": "hf", "path": "someone/data"}), "snapshots.web"),
+        (lambda p: p["snapshots"].update(web={"format": "hf", "path": "a/b", "revision": "c", "max_docs": 0}), "snapshots.web.max_docs"),
+        (lambda p: p["snapshots"].update({"bad name": {"format": "python-docs"}}), "snapshots.bad name"),
         (lambda p: p.pop("pack"), "pack"),
     ],
 )
@@ -115,7 +119,11 @@ def test_params_yaml_keys_are_config_keys():
 
     known = config_keys(Params)
     raw = default_params()
-    names = {f"sources.{n}": "sources.<name>" for n in raw["sources"]} | {f"mix.weights.{n}": "mix.weights.<name>" for n in raw["mix"]["weights"]}
+    names = (
+        {f"sources.{n}": "sources.<name>" for n in raw["sources"]}
+        | {f"snapshots.{n}": "snapshots.<name>" for n in raw["snapshots"]}
+        | {f"mix.weights.{n}": "mix.weights.<name>" for n in raw["mix"]["weights"]}
+    )
     for key in leaves(raw):
         generic = key
         for concrete, pattern in names.items():

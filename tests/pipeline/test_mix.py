@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import MixConfig
-from pipeline.docs import DocTable, DocWriter
-from pipeline.io import read_json, sha256_file
-from pipeline.mix import Selection, plan_mixture, select_tokens, source_rng, write_mixture
+from pipeline.io import read_json
+from pipeline.mix import MIX_COLUMNS, Selection, interleave, plan_mixture, select_tokens, source_rng, write_mixture
 
 BUDGET = 100_000
 
@@ -150,54 +149,38 @@ def test_report_fields():
         assert row["epochs"] == pytest.approx(row["tokens"] / row["available_tokens"], abs=1e-3)
 
 
-def write_source(path, name: str, lengths: np.ndarray) -> DocTable:
-    """Doc k of source `name` holds tokens k*100 + 0, 1, 2, ... (recognisable prefixes)."""
-    with DocWriter(path, np.uint16) as writer:
-        for k, n in enumerate(lengths):
-            writer.write(f"{name}-{k}", name, (k * 100 + np.arange(n)) % 65536)
-    return DocTable(path)
-
-
-def read_rows(path) -> list[tuple[str, str, list[int]]]:
-    table = DocTable(path)
-    return [(s, i, table.tokens(k).tolist()) for k, (s, i) in enumerate(zip(table.sources, table.doc_ids))]
-
-
-def test_write_mixture_writes_selected_documents_exactly(tmp_path):
+def test_interleave_holds_the_selected_documents_exactly(tmp_path):
     lengths = {"a": np.array([5, 8, 3, 12, 7, 9]), "b": np.array([20, 4, 6, 11, 2, 15, 9, 30])}
-    tables = {n: write_source(tmp_path / f"{n}.arrow", n, l) for n, l in lengths.items()}
+    docs = {"a": np.arange(6) * 3 + 1, "b": np.arange(8) * 2}  # train documents' indices in their stores
     cfg = MixConfig(weights={"a": 2, "b": 1}, train_tokens=300)  # a: >3 epochs; b: ~0.9 epoch with a cut
     selections, report = plan_mixture(lengths, cfg, seed=4)
     assert np.any(selections["b"].keep < lengths["b"][selections["b"].rows])  # a truncated document is present
-    write_mixture(tables, selections, seed=4, out_dir=tmp_path / "mix")
-    rows = read_rows(tmp_path / "mix" / "train.arrow")
-
+    columns = interleave(selections, docs, seed=4)
+    names = ["a", "b"]
+    rows = list(zip((names[s] for s in columns["source"]), columns["doc"].tolist(), columns["keep"].tolist()))
     expected = Counter()
     for name, sel in selections.items():
         for r, keep in zip(sel.rows, sel.keep):
-            expected[(name, f"{name}-{r}", tuple(tables[name].tokens(r)[:keep].tolist()))] += 1
-    assert Counter((s, i, tuple(t)) for s, i, t in rows) == expected
-    assert len(rows) == sum(len(s.rows) for s in selections.values())
-    assert sum(len(t) + 1 for _, _, t in rows) == report["train_tokens"]
-
+            expected[(name, int(docs[name][r]), int(keep))] += 1
+    assert Counter(rows) == expected
+    assert int((columns["keep"] + 1).sum()) == report["train_tokens"]
     sources = [s for s, _, _ in rows]
     assert sources != sorted(sources) and sources != sorted(sources, reverse=True)  # interleaved
     half = sources[: len(sources) // 2]
     assert "a" in half and "b" in half
 
+    write_mixture(columns, names, 4, {"a": "x"}, tmp_path / "mix")
+    for name in MIX_COLUMNS:
+        assert np.array_equal(np.load(tmp_path / "mix" / f"{name}.npy"), columns[name])
     manifest = read_json(tmp_path / "mix" / "manifest.json")
-    assert manifest["seed"] == 4
-    assert manifest["docs"] == len(rows)
-    assert manifest["tokens"] == sum(len(t) for _, _, t in rows)
-    assert manifest["inputs"] == {n: sha256_file(tmp_path / f"{n}.arrow") for n in lengths}
+    assert manifest == {"seed": 4, "sources": names, "docs": len(rows), "tokens": report["train_tokens"], "inputs": {"a": "x"}}
 
 
-def test_write_mixture_order_is_seeded(tmp_path):
+def test_interleave_order_is_seeded():
     lengths = {"a": np.arange(1, 30), "b": np.arange(1, 40)}
-    tables = {n: write_source(tmp_path / f"{n}.arrow", n, l) for n, l in lengths.items()}
+    docs = {n: np.arange(len(v)) for n, v in lengths.items()}
     selections, _ = plan_mixture(lengths, MixConfig({"a": 1, "b": 1}, 1000), seed=0)
-    for out, seed in (("m1", 0), ("m2", 0), ("m3", 1)):
-        write_mixture(tables, selections, seed, tmp_path / out)
-    r1, r2, r3 = (read_rows(tmp_path / o / "train.arrow") for o in ("m1", "m2", "m3"))
-    assert r1 == r2
-    assert r1 != r3 and sorted(r1) == sorted(r3)
+    r1, r2, r3 = (interleave(selections, docs, seed) for seed in (0, 0, 1))
+    rows = [list(zip(*(r[c].tolist() for c in MIX_COLUMNS))) for r in (r1, r2, r3)]
+    assert rows[0] == rows[1]
+    assert rows[0] != rows[2] and sorted(rows[0]) == sorted(rows[2])

@@ -7,9 +7,9 @@ import pytest
 
 from pipeline.blocks import load_blocks
 from pipeline.config import PackConfig
-from pipeline.docs import DocTable, DocWriter
 from pipeline.errors import PipelineError
-from pipeline.pack import pack_documents, plan_blocks
+from pipeline.pack import Documents, Plan, pack_documents, plan_blocks
+from tests.helpers import materialise, write_store
 
 EOS, PAD = 999, 998  # distinct from every document token (< 900), so padding is visible in the tokens
 TOKENIZER = {"tokenizer": "test", "vocab_size": 1000, "eos_id": EOS, "pad_id": PAD}
@@ -22,22 +22,33 @@ def random_lengths(n: int, high: int, seed: int) -> np.ndarray:
     return lengths
 
 
-def write_docs(path, lengths, seed: int = 0) -> tuple[DocTable, list[np.ndarray]]:
+def as_lists(plan: Plan) -> list[list[tuple[int, int, int]]]:
+    """The plan as a list of blocks, each a list of (document, start, length) pieces."""
+    pieces = list(zip(plan.doc.tolist(), plan.start.tolist(), plan.length.tolist()))
+    return [pieces[a:b] for a, b in zip(plan.block_offsets[:-1].tolist(), plan.block_offsets[1:].tolist())]
+
+
+def pack(tmp_path, lengths, context_length: int, mode: str, seed: int = 0, sources: int = 2):
+    """Random documents of the given lengths in `sources` stores (document k in store k % sources),
+    packed; returns the blocks, the documents and the manifest."""
     rng = np.random.default_rng(seed)
     docs = [rng.integers(0, 900, size=int(n)) for n in lengths]
-    with DocWriter(path, np.uint16) as writer:
-        for k, tokens in enumerate(docs):
-            writer.write(f"{k:032x}", "ab"[k % 3 == 0], tokens)
-    return DocTable(path), docs
-
-
-def pack(tmp_path, lengths, context_length: int, mode: str, seed: int = 0):
-    table, docs = write_docs(tmp_path / f"docs-{mode}.arrow", lengths, seed)
-    manifest = pack_documents(table, PackConfig(context_length=context_length, mode=mode), TOKENIZER, tmp_path / mode, {"x": "y"})
+    stores = {f"s{i}": tmp_path / f"store-{mode}-{i}" for i in range(sources)}
+    for i, folder in enumerate(stores.values()):
+        write_store(folder, docs[i::sources])
+    k = np.arange(len(docs))
+    packed = Documents(store=(k % sources).astype(np.uint16), doc=k // sources, length=np.asarray(lengths, dtype=np.int64))
+    cfg = PackConfig(context_length=context_length, mode=mode)
+    manifest = pack_documents(packed, stores, cfg, TOKENIZER, tmp_path / mode, tmp_path / mode, {"x": "y"})
     return load_blocks(tmp_path / mode), docs, manifest
 
 
+def read_all(blocks):
+    return blocks.read(np.arange(len(blocks)))
+
+
 def check_plan(plan, lengths, width: int, mode: str) -> None:
+    plan = as_lists(plan)
     sizes = [int(n) + 1 for n in lengths]
     covered = {doc: [] for doc in range(len(sizes))}
     for block in plan:
@@ -82,7 +93,7 @@ def test_plan_unknown_mode():
 def test_concat_reconstructs_the_stream(tmp_path):
     lengths = random_lengths(60, 50, seed=1)
     blocks, docs, _ = pack(tmp_path, lengths, context_length=15, mode="concat")
-    tokens, segments = np.asarray(blocks.tokens), np.asarray(blocks.segments)
+    tokens, segments = read_all(blocks)
     assert tokens.shape[1] == 16 and blocks.context_length == 15
     stream = np.concatenate([np.append(d, EOS) for d in docs])
     assert np.array_equal(tokens[segments > 0], stream)  # every token once, EOS after each document
@@ -93,26 +104,34 @@ def test_concat_reconstructs_the_stream(tmp_path):
     assert np.all(tokens[segments == 0] == PAD)
 
 
-def check_blocks_follow_plan(blocks, docs, plan, width: int) -> None:
-    """Each planned piece sits where the plan says, with its segment id; the rest is padding."""
-    assert len(blocks) == len(plan)
-    for b, pieces in enumerate(plan):
-        row, seg, at = np.asarray(blocks.tokens[b]), np.asarray(blocks.segments[b]), 0
-        for s, (doc, start, length) in enumerate(pieces, 1):
-            full = np.append(docs[doc], EOS)
-            assert np.array_equal(row[at : at + length], full[start : start + length])
-            assert np.all(seg[at : at + length] == s)
-            at += length
-        assert np.all(row[at:] == PAD) and np.all(seg[at:] == 0)
+def test_documents_cut_by_the_mixture_end_with_eos(tmp_path):
+    write_store(tmp_path / "s", [np.arange(10, 30), np.arange(40, 45)])
+    cut = Documents(store=np.zeros(3, np.uint16), doc=np.array([0, 1, 0]), length=np.array([7, 5, 0]))  # keep 7, all, 0
+    cfg = PackConfig(context_length=7, mode="concat")
+    pack_documents(cut, {"s": tmp_path / "s"}, cfg, TOKENIZER, tmp_path / "b", tmp_path / "b", {})
+    tokens, segments = read_all(load_blocks(tmp_path / "b"))
+    assert tokens[segments > 0].tolist() == [*range(10, 17), EOS, *range(40, 45), EOS, EOS]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("sources", [1, 3])
+def test_blocks_equal_the_materialised_format(tmp_path, mode, sources):
+    """Gathering blocks through the index gives, token for token, what writing them out gave."""
+    lengths = random_lengths(70, 45, seed=5)
+    blocks, docs, _ = pack(tmp_path, lengths, context_length=19, mode=mode, seed=5, sources=sources)
+    expected = materialise(docs, as_lists(plan_blocks(lengths, 20, mode)), 20, EOS, PAD)
+    tokens, segments = read_all(blocks)
+    assert np.array_equal(tokens, expected[0]) and np.array_equal(segments, expected[1])
+    rows = np.random.default_rng(0).integers(0, len(blocks), size=25)  # any rows, any order, repeats
+    tokens, segments = blocks.read(rows)
+    assert np.array_equal(tokens, expected[0][rows]) and np.array_equal(segments, expected[1][rows])
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_blocks_masks_and_segments(tmp_path, mode):
     lengths = random_lengths(50, 40, seed=2)
     blocks, docs, _ = pack(tmp_path, lengths, context_length=19, mode=mode, seed=2)
-    width = 20
-    check_blocks_follow_plan(blocks, docs, plan_blocks(lengths, width, mode), width)
-    tokens, segments = np.asarray(blocks.tokens), np.asarray(blocks.segments)
+    tokens, segments = read_all(blocks)
     assert np.array_equal(segments == 0, tokens == PAD)  # the mask covers exactly the padding
     for seg in segments:  # documents numbered 1, 2, ... in order, contiguous, padding only at the end
         nonzero = seg[seg > 0]
@@ -132,12 +151,12 @@ def test_blocks_masks_and_segments(tmp_path, mode):
 def test_pad_mode_one_document_or_chunk_per_block(tmp_path):
     lengths = np.array([3, 0, 25, 10, 9, 41])
     blocks, docs, _ = pack(tmp_path, lengths, context_length=9, mode="pad")
-    segments = np.asarray(blocks.segments)
+    tokens, segments = read_all(blocks)
     assert np.all(segments.max(axis=1) == 1)  # a single segment per block
     # documents back in order: 3+1 -> 1 block, 0+1 -> 1, 25+1 -> 3, 10+1 -> 2, 9+1 -> 1, 41+1 -> 5
     assert len(blocks) == 13
     stream = np.concatenate([np.append(d, EOS) for d in docs])
-    assert np.array_equal(np.asarray(blocks.tokens)[segments > 0], stream)
+    assert np.array_equal(tokens[segments > 0], stream)
 
 
 def test_bestfit_pads_less_than_pad_mode(tmp_path):
@@ -145,13 +164,12 @@ def test_bestfit_pads_less_than_pad_mode(tmp_path):
     lengths = np.minimum(rng.lognormal(mean=4.2, sigma=0.9, size=600).astype(int), 1200)
     width = 257
     assert np.any(lengths + 1 > width)
-    bestfit, pad = plan_blocks(lengths, width, "bestfit"), plan_blocks(lengths, width, "pad")
-    check_plan(bestfit, lengths, width, "bestfit")
+    bestfit, pad = as_lists(plan_blocks(lengths, width, "bestfit")), as_lists(plan_blocks(lengths, width, "pad"))
+    check_plan(plan_blocks(lengths, width, "bestfit"), lengths, width, "bestfit")
     padding = {name: len(plan) * width - int((lengths + 1).sum()) for name, plan in (("bestfit", bestfit), ("pad", pad))}
     assert padding["bestfit"] < padding["pad"]
     assert padding["bestfit"] / (len(bestfit) * width) < 0.05  # close to concat's efficiency
-    concat = plan_blocks(lengths, width, "concat")
-    assert len(bestfit) <= 1.06 * len(concat)
+    assert len(bestfit) <= 1.06 * len(plan_blocks(lengths, width, "concat"))
     leftovers = [(int(n) + 1) % width for n in lengths if (int(n) + 1) % width]
     partial = [b for b in bestfit if not (len(b) == 1 and b[0][2] == width)]
     assert sorted(sum(p[2] for p in b) for b in partial) == brute_force_bfd_loads(leftovers, width)
@@ -173,8 +191,8 @@ def test_bestfit_places_each_chunk_in_the_tightest_block(seed):
     rng = np.random.default_rng(seed)
     width = int(rng.integers(4, 24))
     lengths = rng.integers(0, 3 * width, size=int(rng.integers(1, 40)))
-    plan = plan_blocks(lengths, width, "bestfit")
-    check_plan(plan, lengths, width, "bestfit")
+    check_plan(plan_blocks(lengths, width, "bestfit"), lengths, width, "bestfit")
+    plan = as_lists(plan_blocks(lengths, width, "bestfit"))
     full = [b for b in plan if len(b) == 1 and b[0][2] == width]
     partial = [b for b in plan if not (len(b) == 1 and b[0][2] == width)]
     leftovers = [(int(n) + 1) % width for n in lengths if (int(n) + 1) % width]
@@ -205,18 +223,21 @@ def test_manifest(tmp_path):
     assert blocks.manifest == manifest
     real = int((lengths + 1).sum())
     assert manifest["n_blocks"] == len(blocks)
-    assert manifest["n_tokens"] == real == int((np.asarray(blocks.segments) > 0).sum())
+    _, segments = read_all(blocks)
+    assert manifest["n_tokens"] == real == int((segments > 0).sum())
     assert manifest["pad_fraction"] == pytest.approx(1 - real / (len(blocks) * 10))
-    assert manifest["pad_fraction"] == pytest.approx(float((np.asarray(blocks.segments) == 0).mean()))
+    assert manifest["pad_fraction"] == pytest.approx(float((segments == 0).mean()))
     assert manifest["context_length"] == 9 and manifest["mode"] == "bestfit"
     assert {k: manifest[k] for k in TOKENIZER} == TOKENIZER
     assert manifest["inputs"] == {"x": "y"}
     sources = {}
-    for k, n in enumerate(lengths):  # write_docs: source "b" for k % 3 == 0, else "a"
-        row = sources.setdefault("ab"[k % 3 == 0], {"docs": 0, "tokens": 0})
+    for k, n in enumerate(lengths):  # pack(): document k lives in store k % 2
+        row = sources.setdefault(f"s{k % 2}", {"docs": 0, "tokens": 0})
         row["docs"] += 1
         row["tokens"] += int(n) + 1
     assert manifest["sources"] == sources
+    assert [s["source"] for s in manifest["stores"]] == ["s0", "s1"]
+    assert manifest["stores"][0]["path"] == "../store-bestfit-0"  # relative to the block folder
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -224,13 +245,14 @@ def test_empty_input_writes_zero_blocks(tmp_path, mode):
     blocks, _, manifest = pack(tmp_path, [], context_length=7, mode=mode)
     assert len(blocks) == 0 and manifest["n_blocks"] == 0 and manifest["n_tokens"] == 0
     assert manifest["pad_fraction"] == 0.0
-    assert blocks.tokens.shape == (0, 8) and blocks.segments.shape == (0, 8)
+    tokens, segments = read_all(blocks)
+    assert tokens.shape == (0, 8) and segments.shape == (0, 8)
 
 
 def test_load_blocks_missing(tmp_path):
     with pytest.raises(PipelineError, match="not found"):
         load_blocks(tmp_path / "nowhere")
-    blocks, _, _ = pack(tmp_path, [3, 4], context_length=4, mode="concat")
-    (tmp_path / "concat" / "segments.npy").unlink()
-    with pytest.raises(PipelineError, match="segments.npy"):
+    pack(tmp_path, [3, 4], context_length=4, mode="concat")
+    (tmp_path / "concat" / "piece_doc.npy").unlink()
+    with pytest.raises(PipelineError, match="piece_doc.npy"):
         load_blocks(tmp_path / "concat")

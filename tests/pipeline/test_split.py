@@ -2,122 +2,123 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 
 from pipeline.config import SplitConfig
-from pipeline.docs import DocTable, DocWriter
 from pipeline.errors import PipelineError
 from pipeline.io import read_json
-from pipeline.sources import doc_id
-from pipeline.split import is_val, split_documents
+from pipeline.split import is_val, split_store, val_threshold
+from tests.helpers import text_hash, write_store
 
 
 def texts(prefix: str, n: int) -> list[str]:
     return [f"{prefix} document number {i}" for i in range(n)]
 
 
-def write_table(path, rows: list[tuple[str, str]]) -> DocTable:
-    """rows: (text, source); tokens are the text's bytes so each doc's content is checkable."""
-    with DocWriter(path, np.uint16) as writer:
-        for text, source in rows:
-            writer.write(doc_id(text), source, np.frombuffer(text.encode(), dtype=np.uint8).astype(np.uint16))
-    return DocTable(path)
+def store_of(path, rows: list[str]):
+    """A store whose documents are the texts' bytes (so contents are checkable), hashed like tokenize does."""
+    docs = [np.frombuffer(t.encode(), dtype=np.uint8).astype(np.uint16) for t in rows]
+    return write_store(path, docs, hashes=[text_hash(t) for t in rows])
 
 
-def read_split(out_dir) -> dict[str, dict[str, str]]:
-    """split -> {doc_id: text}"""
+def split_of(store, out_dir) -> dict[str, str]:
+    """text -> split"""
     result = {}
     for split in ("train", "val"):
-        table = DocTable(out_dir / f"{split}.arrow")
-        result[split] = {i: bytes(table.tokens(k).astype(np.uint8)).decode() for k, i in enumerate(table.doc_ids)}
+        for i in np.load(out_dir / f"{split}.npy"):
+            result[bytes(store.document(i).astype(np.uint8)).decode()] = split
     return result
 
 
-def split_of(out_dir) -> dict[str, str]:
-    parts = read_split(out_dir)
-    return {i: split for split, docs in parts.items() for i in docs}
+def hashes_of(keys: list[int]) -> np.ndarray:
+    return np.array([list(k.to_bytes(8, "big")) + [0] * 8 for k in keys], dtype=np.uint8)
 
 
-def test_is_val_deterministic_and_threshold():
-    ids = [doc_id(t) for t in texts("x", 200)]
-    assert [is_val(i, 0.3) for i in ids] == [is_val(i, 0.3) for i in ids]
-    assert is_val("0" * 32, 1e-9)
-    assert not is_val("f" * 32, 0.999)
-    assert not is_val("0" * 32, 0.0)
-    assert is_val("7ffffffffff00000" + "0" * 16, 0.5) and not is_val("8000000000000000" + "0" * 16, 0.5)
-    # monotone in the fraction: a val document stays val when the fraction grows
-    for i in ids:
-        if is_val(i, 0.2):
-            assert is_val(i, 0.4)
+def test_is_val_deterministic_and_exact_threshold():
+    h = np.array([list(text_hash(t)) for t in texts("x", 200)], dtype=np.uint8)
+    assert np.array_equal(is_val(h, val_threshold(0.3)), is_val(h, val_threshold(0.3)))
+    assert is_val(hashes_of([0]), val_threshold(1e-9))[0]
+    assert not is_val(hashes_of([2**64 - 1]), val_threshold(0.999))[0]
+    assert not is_val(hashes_of([0]), val_threshold(0.0))[0]
+    assert is_val(hashes_of([0x7FFFFFFFFFF00000]), val_threshold(0.5))[0]
+    assert not is_val(hashes_of([0x8000000000000000]), val_threshold(0.5))[0]
+    for f in (0.1, 0.3, 1e-9, 0.5):  # the integer threshold agrees with Python's exact int < float compare
+        t = val_threshold(f)
+        for key in (t - 1, t):
+            assert is_val(hashes_of([key]), t)[0] == (key < f * 2.0**64)
+    assert np.all(is_val(h, val_threshold(0.4))[is_val(h, val_threshold(0.2))])  # monotone in the fraction
 
 
 def test_every_doc_in_exactly_one_split_and_duplicates_together(tmp_path):
     base = texts("alpha", 300)
-    rows = [(t, "a") for t in base] + [(t, "a") for t in base[:40]]  # 40 exact duplicates
-    table = write_table(tmp_path / "a.arrow", rows)
-    counts = split_documents(table, SplitConfig(val_fraction=0.3), tmp_path / "out", "a")
-    parts = read_split(tmp_path / "out")
-    train_tab, val_tab = DocTable(tmp_path / "out" / "train.arrow"), DocTable(tmp_path / "out" / "val.arrow")
-    assert len(train_tab) + len(val_tab) == len(rows)
-    assert counts["train"]["docs"] == len(train_tab) and counts["val"]["docs"] == len(val_tab)
-    assert counts["train"]["tokens"] == int(train_tab.lengths.sum())
-    assert not set(parts["train"]) & set(parts["val"])  # identical docs never straddle
-    assert set(parts["train"]) | set(parts["val"]) == {doc_id(t) for t in base}
-    for split, docs in parts.items():  # contents follow their id, and the split matches is_val
-        for identifier, text in docs.items():
-            assert doc_id(text) == identifier
-            assert is_val(identifier, 0.3) == (split == "val")
-    assert sorted(train_tab.doc_ids + val_tab.doc_ids) == sorted(doc_id(t) for t, _ in rows)
+    rows = base + base[:40]  # 40 exact duplicates
+    store = store_of(tmp_path / "a", rows)
+    counts = split_store(store, SplitConfig(val_fraction=0.3), tmp_path / "out", "a")
+    train, val = np.load(tmp_path / "out/train.npy"), np.load(tmp_path / "out/val.npy")
+    assert sorted(train.tolist() + val.tolist()) == list(range(len(rows)))
+    assert np.all(np.diff(train) > 0) and np.all(np.diff(val) > 0)
+    assert counts["train"]["docs"] == len(train) and counts["val"]["docs"] == len(val)
+    assert counts["train"]["tokens"] == int(store.lengths[train].sum())
+    splits = split_of(store, tmp_path / "out")
+    for text in base:  # a duplicate lands with its twin (the dict would show a conflict otherwise)
+        expected = "val" if is_val(np.frombuffer(text_hash(text), np.uint8)[None], val_threshold(0.3))[0] else "train"
+        assert splits[text] == expected
+    for i in range(40):
+        assert (i in val) == (300 + i in val)
     manifest = read_json(tmp_path / "out" / "manifest.json")
-    assert manifest["val_fraction"] == 0.3 and manifest["train"] == counts["train"]
+    assert manifest["val_fraction"] == 0.3 and manifest["train"] == counts["train"] and "store" in manifest["inputs"]
 
 
 def test_split_stable_when_other_documents_and_sources_change(tmp_path):
     cfg = SplitConfig(val_fraction=0.25)
     a, b = texts("alpha", 200), texts("beta", 150)
-    split_documents(write_table(tmp_path / "1.arrow", [(t, "a") for t in a]), cfg, tmp_path / "o1", "a")
-    alone = split_of(tmp_path / "o1")
-    # other docs added, some removed, order shuffled, another source mixed in, the source renamed
+    alone_store = store_of(tmp_path / "1", a)
+    split_store(alone_store, cfg, tmp_path / "o1", "a")
+    alone = split_of(alone_store, tmp_path / "o1")
     rng = np.random.default_rng(0)
-    rows = [(t, "renamed") for t in a[50:]] + [(t, "b") for t in b]
-    rows = [rows[k] for k in rng.permutation(len(rows))]
-    split_documents(write_table(tmp_path / "2.arrow", rows), cfg, tmp_path / "o2", "mixed")
-    together = split_of(tmp_path / "o2")
-    for t in a[50:]:
-        assert together[doc_id(t)] == alone[doc_id(t)]
-    assert "val" in alone.values() and "train" in alone.values()
+    rows = a[50:] + b
+    rows = [rows[k] for k in rng.permutation(len(rows))]  # docs added, removed, shuffled, another source mixed in
+    mixed_store = store_of(tmp_path / "2", rows)
+    split_store(mixed_store, cfg, tmp_path / "o2", "mixed")
+    together = split_of(mixed_store, tmp_path / "o2")
+    assert all(together[t] == alone[t] for t in a[50:])
+    assert {"val", "train"} == set(alone.values())
 
 
-def test_split_ignores_mixture_weights_and_seed(tmp_path):
-    """split_documents takes only the split config; params outside it cannot move a document."""
-    import inspect
-
-    assert list(inspect.signature(split_documents).parameters) == ["docs", "cfg", "out_dir", "name"]
-    assert list(inspect.signature(is_val).parameters) == ["doc_id", "val_fraction"]
+def test_split_reads_nothing_but_its_own_config():
+    assert list(inspect.signature(split_store).parameters) == ["store", "cfg", "out_dir", "name"]
 
 
 def test_val_fraction_zero_means_no_val(tmp_path):
-    table = write_table(tmp_path / "a.arrow", [(t, "a") for t in texts("z", 100)])
-    counts = split_documents(table, SplitConfig(val_fraction=0.0), tmp_path / "out", "a")
+    counts = split_store(store_of(tmp_path / "a", texts("z", 100)), SplitConfig(val_fraction=0.0), tmp_path / "out", "a")
     assert counts["val"]["docs"] == 0 and counts["train"]["docs"] == 100
-    assert len(DocTable(tmp_path / "out" / "val.arrow")) == 0
+    assert len(np.load(tmp_path / "out/val.npy")) == 0
+
+
+def test_chunks_give_the_same_split(tmp_path, monkeypatch):
+    store = store_of(tmp_path / "a", texts("c", 500))
+    split_store(store, SplitConfig(val_fraction=0.2), tmp_path / "whole", "a")
+    monkeypatch.setattr("pipeline.split.CHUNK_DOCS", 7)
+    split_store(store, SplitConfig(val_fraction=0.2), tmp_path / "chunked", "a")
+    for name in ("train.npy", "val.npy", "manifest.json"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "chunked" / name).read_bytes()
 
 
 @pytest.mark.parametrize("fraction", [0.05, 0.1, 0.5])
 def test_fraction_roughly_respected(fraction):
-    ids = [doc_id(t) for t in texts("many", 20000)]
-    share = np.mean([is_val(i, fraction) for i in ids])
-    sd = (fraction * (1 - fraction) / len(ids)) ** 0.5
+    h = np.array([list(text_hash(t)) for t in texts("many", 20000)], dtype=np.uint8)
+    share = is_val(h, val_threshold(fraction)).mean()
+    sd = (fraction * (1 - fraction) / len(h)) ** 0.5
     assert abs(share - fraction) < 5 * sd
 
 
 def test_error_when_every_doc_lands_in_val(tmp_path):
-    with DocWriter(tmp_path / "a.arrow", np.uint16) as writer:
-        for k in range(5):
-            writer.write(f"{k:016x}" + "0" * 16, "a", np.arange(3))  # tiny hashes: all below 0.5
+    store = write_store(tmp_path / "a", [np.arange(3)] * 5, hashes=[bytes(hashes_of([k])[0]) for k in range(5)])
     out = tmp_path / "out"
     with pytest.raises(PipelineError, match=r"sources\.a: every document landed in val"):
-        split_documents(DocTable(tmp_path / "a.arrow"), SplitConfig(val_fraction=0.5), out, "a")
+        split_store(store, SplitConfig(val_fraction=0.5), out, "a")
     assert not out.exists()  # nothing half-written left behind
     assert not list(tmp_path.glob(".out.tmp-*"))

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from pipeline.config import SourceConfig
-from pipeline.docs import DocTable
 from pipeline.errors import PipelineError
-from pipeline.sources import doc_id
-from pipeline.tokenize import MAX_PENDING_PER_WORKER, batched_texts, ordered_parallel_map, tokenize_source
+from pipeline.parallel import MAX_PENDING_PER_WORKER, ordered_parallel_map
+from pipeline.store import TokenStore
+from pipeline.tokenize import tokenize_source
 from pipeline.tokenizer import load_tokenizer
-from tests.conftest import write_char_vocab
+from tests.helpers import text_hash, write_char_vocab
 
 
 def make_corpus(folder, n=40):
@@ -26,27 +26,31 @@ def make_corpus(folder, n=40):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_round_trip_and_manifest(tmp_path, gpt2_vocab, workers, monkeypatch):
-    monkeypatch.setattr("pipeline.tokenize.BATCH_CHARS", 200)  # many batches through the pool
+    monkeypatch.setattr("pipeline.sources.TASK_BYTES", 200)  # many tasks through the pool
     texts = make_corpus(tmp_path / "corpus")
     cfg = SourceConfig(format="text", path=str(tmp_path / "corpus"))
     manifest = tokenize_source("t", cfg, gpt2_vocab, tmp_path / "out", workers)
-    table = DocTable(tmp_path / "out" / "docs.arrow")
+    store = TokenStore(tmp_path / "out")
     tok = load_tokenizer(gpt2_vocab)
-    assert table.dtype == np.uint16
-    assert [tok.decode(table.tokens(i)) for i in range(len(table))] == texts
-    assert table.doc_ids == [doc_id(t) for t in texts]
-    assert set(table.sources) == {"t"}
-    assert manifest["docs"] == len(texts) and manifest["tokens"] == int(table.lengths.sum())
+    assert store.dtype == np.uint16
+    assert [tok.decode(store.document(i)) for i in range(len(store))] == texts
+    assert [bytes(h) for h in store.hashes] == [text_hash(t) for t in texts]
+    assert manifest["docs"] == len(texts) and manifest["tokens"] == int(store.lengths.sum())
+    assert manifest["text_bytes"] == sum(len(t.encode()) for t in texts) and manifest["files"] == len(texts) + 1
+    assert manifest["tokenizer"] == "gpt2" and manifest["vocab_size"] == 50257
     assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == manifest
 
 
-def test_same_output_whatever_the_worker_count(tmp_path, gpt2_vocab, monkeypatch):
-    monkeypatch.setattr("pipeline.tokenize.BATCH_CHARS", 100)
+def test_same_store_whatever_the_worker_count_and_task_size(tmp_path, gpt2_vocab, monkeypatch):
     make_corpus(tmp_path / "corpus")
     cfg = SourceConfig(format="text", path=str(tmp_path / "corpus"))
-    tokenize_source("t", cfg, gpt2_vocab, tmp_path / "one", 1)
-    tokenize_source("t", cfg, gpt2_vocab, tmp_path / "two", 2)
-    assert (tmp_path / "one" / "docs.arrow").read_bytes() == (tmp_path / "two" / "docs.arrow").read_bytes()
+    outputs = []
+    for workers, task_bytes in ((1, 1 << 20), (2, 100), (2, 1 << 20)):
+        monkeypatch.setattr("pipeline.sources.TASK_BYTES", task_bytes)
+        out = tmp_path / f"out-{workers}-{task_bytes}"
+        tokenize_source("t", cfg, gpt2_vocab, out, workers)
+        outputs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+    assert outputs[0] == outputs[1] == outputs[2]
 
 
 def test_char_tokenizer_source(tmp_path):
@@ -54,9 +58,9 @@ def test_char_tokenizer_source(tmp_path):
     (tmp_path / "c.txt").write_text("abc cab\n\nzzz")
     cfg = SourceConfig(format="text", path=str(tmp_path / "c.txt"), document="paragraph")
     tokenize_source("c", cfg, vocab, tmp_path / "out", 1)
-    table = DocTable(tmp_path / "out" / "docs.arrow")
-    assert len(table) == 2
-    assert table.tokens(1).tolist() == [1, 1, 1], "unknown characters map to the reserved id"
+    store = TokenStore(tmp_path / "out")
+    assert len(store) == 2
+    assert store.document(1).tolist() == [1, 1, 1], "unknown characters map to the reserved id"
 
 
 def test_empty_source_fails_and_leaves_nothing(tmp_path, gpt2_vocab):
@@ -76,12 +80,8 @@ def test_parallel_map_is_ordered_and_bounded():
             pulled.append(i)
             yield i
 
-    results = ordered_parallel_map(abs, (-i for i in items()), 2, lambda: None, ())
+    results = ordered_parallel_map(abs, (-i for i in items()), 2)
     first = list(itertools.islice(results, 5))
     assert first == [0, 1, 2, 3, 4]
     assert len(pulled) <= 5 + 2 * MAX_PENDING_PER_WORKER, "input is not read ahead without bound"
     results.close()
-
-
-def test_batches_skip_blank_documents():
-    assert list(batched_texts(["a", " ", "bb", "\n", "c"], batch_chars=2)) == [["a", "bb"], ["c"]]

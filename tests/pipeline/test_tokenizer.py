@@ -7,7 +7,9 @@ import pytest
 
 from pipeline.config import SourceConfig, TokenizerConfig
 from pipeline.errors import PipelineError
-from pipeline.tokenizer import CharTokenizer, load_tokenizer
+from pipeline.io import write_json
+from pipeline.scan import scan_source
+from pipeline.tokenizer import CharTokenizer, load_tokenizer, tokenizer_info
 from pipeline.vocab import GPT2_SHA256, build_vocab, tiktoken_spec
 
 
@@ -54,15 +56,21 @@ def test_gpt2_fails_cleanly_when_nothing_works(monkeypatch, tmp_path):
 
     monkeypatch.setattr(vocab, "_gpt2_from_whisper_sdist", no_index)
     with pytest.raises(PipelineError, match="tokenizer.name=gpt2"):
-        build_vocab(TokenizerConfig(name="gpt2"), {}, tmp_path / "vocab")
+        build_vocab(TokenizerConfig(name="gpt2"), [], tmp_path / "vocab")
     assert not (tmp_path / "vocab").exists(), "no half-written output"
 
 
-def test_char_vocab_from_sources(tmp_path):
+def test_char_vocab_from_the_scans_of_the_sources(tmp_path):
     (tmp_path / "a.txt").write_text("hello")
-    (tmp_path / "b.txt").write_text("world!")
-    sources = {"a": SourceConfig(format="text", path=str(tmp_path / "a.txt")), "b": SourceConfig(format="text", path=str(tmp_path / "b.txt"))}
-    build_vocab(TokenizerConfig(name="char"), sources, tmp_path / "vocab")
+    (tmp_path / "b.txt").write_text("wor\n\nld!")
+    char = TokenizerConfig(name="char")
+    scans = []
+    for name, cfg in (("a", SourceConfig(format="text", path=str(tmp_path / "a.txt"))),
+                      ("b", SourceConfig(format="text", path=str(tmp_path / "b.txt"), document="paragraph"))):
+        scans.append(tmp_path / f"{name}.json")
+        write_json(scans[-1], scan_source(name, cfg, char, workers=2))
+    assert scan_source("a", SourceConfig(format="text", path="nowhere"), TokenizerConfig(name="gpt2"), 1) == {"tokenizer": "gpt2"}
+    build_vocab(char, scans, tmp_path / "vocab")
     tok = load_tokenizer(tmp_path / "vocab")
     assert isinstance(tok, CharTokenizer)
     assert tok.chars == "!dehlorw"
@@ -71,6 +79,21 @@ def test_char_vocab_from_sources(tmp_path):
     assert ids[-1] == tok.UNK_ID and tok.UNK_ID not in ids[:-1].tolist()
     assert tok.decode(tok.encode("world")) == "world"
     assert tok.unknown_chars("hey?") == {"y", "?"}
+    assert tokenizer_info(tmp_path / "vocab") == {"tokenizer": "char", "vocab_size": 10, "eos_id": 0, "pad_id": 0}
+    assert tok.token_bytes().tolist() == [0, 1] + [1] * 8
+    write_json(tmp_path / "a.json", {"tokenizer": "gpt2"})
+    with pytest.raises(PipelineError, match="not char"):
+        build_vocab(char, scans, tmp_path / "vocab2")
+
+
+def test_token_bytes_add_up_to_the_utf8_size(gpt2_vocab):
+    tok = load_tokenizer(gpt2_vocab)
+    sizes = tok.token_bytes()
+    text = "naïve café — ☕ costs 3€\n\tdef f(): pass"
+    assert int(sizes[tok.encode(text)].sum()) == len(text.encode("utf-8"))
+    assert sizes[tok.eos_id] == 0 and len(sizes) == tok.vocab_size
+    char = CharTokenizer("aé☕")
+    assert int(char.token_bytes()[char.encode("a☕é")].sum()) == len("a☕é".encode())
 
 
 def test_char_tokenizer_handles_astral_characters():
