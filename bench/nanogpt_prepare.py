@@ -51,9 +51,9 @@ def main() -> None:
     for name, dataset in tokenized.items():
         total = int(np.sum(dataset["len"], dtype=np.uint64))
         out = np.memmap(args.out / f"{name}.bin", dtype=np.uint16, mode="w+", shape=(total,))
-        at = 0
-        for k in range(SHARDS):
-            shard = dataset.shard(num_shards=SHARDS, index=k, contiguous=True).with_format("numpy")
+        at, shards = 0, min(SHARDS, len(dataset))
+        for k in range(shards):
+            shard = dataset.shard(num_shards=shards, index=k, contiguous=True).with_format("numpy")
             ids = np.concatenate(shard["ids"]) if len(shard) else np.zeros(0, np.uint16)
             out[at : at + len(ids)] = ids
             at += len(ids)

@@ -8,7 +8,7 @@ concat, a 0.5/0.5 mixture of about one epoch). Then, all through DVC and timed f
 - `dvc repro pack` from scratch: wall time per stage (DVC's own work included) and in total, and
   the peak RssAnon of each stage's main process and of its largest worker (heap only: pages of
   memory-mapped files do not count, as the issue asks);
-- `dvc status` (must be up to date) and a no-op `dvc repro pack`;
+- `dvc status pack` (must be up to date) and a no-op `dvc repro pack`;
 - a mixture swap: weights 0.3/0.7, `dvc repro pack`;
 - `dvc repro -f pack`: the whole data pipeline again with DVC's hash cache warm;
 - disk: `data/` + `.dvc/cache` (hard links counted once) against the token store's bytes;
@@ -58,7 +58,7 @@ def bench_size(mb: float, work: Path, nanogpt: bool) -> dict:
     result = {"mb": mb, "corpus_bytes": sum(p.stat().st_size for p in corpus.glob("*.jsonl")), "load_before": load()}
     first = timed(["dvc", "repro", "pack"], repo)
     result["first"] = {"wall": first.wall, "stages": first.stages, "peak_mb": first.peak_mb, "worker_peak_mb": first.worker_peak_mb}
-    status = subprocess.run(["dvc", "status"], cwd=repo, capture_output=True, text=True).stdout
+    status = subprocess.run(["dvc", "status", "pack"], cwd=repo, capture_output=True, text=True).stdout
     result["status_after_repro"] = status.strip().splitlines()[:3]
     result["noop_wall"] = timed(["dvc", "repro", "pack"], repo).wall
     forced = timed(["dvc", "repro", "-f", "pack"], repo)
@@ -104,7 +104,7 @@ def report(r: dict) -> str:
         ("peak RssAnon, largest worker", f"{worker:.0f} MB (any stage's main process at most {peak:.0f} MB)"),
         ("token store / `data/` + `.dvc/cache`", f"{r['store_bytes'] / 1e6:.0f} MB / {r['disk_bytes'] / 1e6:.0f} MB = {r['disk_bytes'] / r['store_bytes']:.3f}x "
          f"(split + mix + packed indices: {r['index_bytes'] / 1e6:.1f} MB)"),
-        ("`dvc status` after the repro", " / ".join(r["status_after_repro"])),
+        ("`dvc status pack` after the repro", " / ".join(r["status_after_repro"])),
     ]
     if "nanogpt" in r:
         rows.append(("nanoGPT prepare.py recipe, same files", f"{r['nanogpt']['wall']:.1f} s: "

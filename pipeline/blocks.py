@@ -63,6 +63,10 @@ class Blocks:
     def context_length(self) -> int:
         return int(self.manifest["context_length"])
 
+    @property
+    def dtype(self) -> np.dtype:
+        return self.stores[0].dtype if self.stores else token_dtype(int(self.manifest["vocab_size"]))
+
     def read(self, rows: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Tokens and segment ids (0 = padding) of the given blocks, both (len(rows), context_length + 1)."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -90,10 +94,6 @@ class Blocks:
         tokens[row, column] = values
         segments[row, column] = np.repeat(rank_within(count) + 1, length)
         return tokens, segments
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.stores[0].dtype if self.stores else token_dtype(int(self.manifest["vocab_size"]))
 
     def batch(self, rows: np.ndarray | list[int]) -> dict[str, np.ndarray]:
         """Inputs, targets, loss mask and segment ids for the given block rows, as int64 / bool arrays."""

@@ -27,7 +27,7 @@ from typing import Iterator
 from pipeline.config import SourceConfig
 from pipeline.errors import ConfigError, PipelineError
 
-TASK_BYTES = 4 << 20  # about this much text per task
+TASK_BYTES = 1 << 20  # about this much text per task: small enough to keep every worker busy to the end
 PARAGRAPH_BREAK = re.compile(rb"\n[ \t\r\f\v]*\n")
 # a cut point inside a large paragraph-mode file: a blank line that follows a non-blank one. A
 # regex scan of the whole file is guaranteed to split there too, so cutting there changes nothing.
@@ -115,7 +115,7 @@ def task_documents(task: ReadTask) -> tuple[list[str], ReadStats]:
                 docs += _jsonl_documents(data, path, task.start, task.text_field, stats)
             else:
                 docs += [_decode(raw, stats) for raw in _cut_text(data, task.document)]
-    return [d for d in docs if d.strip()], stats
+    return [d for d in docs if d and not d.isspace()], stats
 
 
 # ---- planning (main process) ------------------------------------------------------------------

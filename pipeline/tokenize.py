@@ -48,12 +48,12 @@ def _init_worker(vocab_dir: str) -> None:
 def encode_task(task: ReadTask) -> Batch:
     """Read, tokenize and hash one task's documents (runs in a worker)."""
     docs, stats = task_documents(task)
-    encoded = [_worker_tokenizer.encode(text) for text in docs]
+    tokens, lengths = _worker_tokenizer.encode_batch(docs)
     raw = [text.encode("utf-8", "surrogatepass") for text in docs]
-    hashes = b"".join(hashlib.blake2b(data, digest_size=HASH_BYTES).digest() for data in raw)
+    hashes = b"".join([hashlib.blake2b(data, digest_size=HASH_BYTES).digest() for data in raw])
     return Batch(
-        tokens=np.concatenate(encoded) if encoded else np.zeros(0, np.uint32),
-        lengths=np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)),
+        tokens=tokens,
+        lengths=lengths,
         hashes=np.frombuffer(hashes, dtype=np.uint8).reshape(-1, HASH_BYTES),
         text_bytes=sum(map(len, raw)),
         stats=stats,

@@ -31,6 +31,10 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
+    def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The texts' tokens back to back and each text's token count: what `encode` gives, text by text."""
+        ...
+
     def token_bytes(self) -> np.ndarray:
         """UTF-8 bytes each token id stands for, (vocab_size,) int64; 0 for EOS and other specials.
 
@@ -62,6 +66,23 @@ class TiktokenTokenizer:
         except UnicodeEncodeError:  # lone surrogates: encode_ordinary repairs them, encode_to_numpy cannot
             ids = self._encoding.encode_ordinary(text)
         return np.asarray(ids).astype(self._dtype, copy=False)
+
+    def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """One call into tiktoken for the whole batch: the texts joined with the EOS text, allowed as
+        the special token. tiktoken encodes the text between special tokens piece by piece, so each
+        text gets exactly its own tokens, and the EOS ids mark where texts end. A text that holds the
+        EOS text itself (ordinary text for `encode`) is the rare case encoded text by text."""
+        joined = EOS_TEXT.join(texts)
+        if joined.count(EOS_TEXT) != len(texts) - 1:  # the EOS text cannot overlap itself, so only a text can add one
+            return encode_one_by_one(self, texts)
+        try:
+            ids = self._encoding.encode_to_numpy(joined, allowed_special={EOS_TEXT}, disallowed_special=())
+        except UnicodeEncodeError:  # lone surrogates: repaired the way encode_ordinary repairs them
+            repaired = joined.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            ids = np.asarray(self._encoding.encode(repaired, allowed_special={EOS_TEXT}, disallowed_special=()), dtype=np.uint32)
+        ends = np.flatnonzero(ids == self.eos_id)
+        lengths = np.diff(ends, prepend=-1, append=len(ids)) - 1
+        return ids[ids != self.eos_id].astype(self._dtype), lengths
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._encoding.decode([int(i) for i in ids])
@@ -104,6 +125,10 @@ class CharTokenizer:
         ids[known] = self._lookup[codepoints[known]]
         return ids.astype(self._dtype)
 
+    def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """One lookup for the whole batch; a text's length is its number of code points."""
+        return self.encode("".join(texts)), np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+
     def decode(self, ids: Sequence[int]) -> str:
         out = []
         for i in ids:
@@ -119,6 +144,13 @@ class CharTokenizer:
     def unknown_chars(self, text: str) -> set[str]:
         """Characters of `text` this vocabulary does not know."""
         return set(text) - self._known
+
+
+def encode_one_by_one(tokenizer: Tokenizer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """`encode_batch` the slow way: `encode` per text."""
+    arrays = [tokenizer.encode(text) for text in texts]
+    lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
+    return (np.concatenate(arrays) if arrays else np.zeros(0, np.uint32)), lengths
 
 
 def tokenizer_info(vocab_dir: str | Path) -> dict:

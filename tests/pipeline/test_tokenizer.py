@@ -86,6 +86,25 @@ def test_char_vocab_from_the_scans_of_the_sources(tmp_path):
         build_vocab(char, scans, tmp_path / "vocab2")
 
 
+BATCHES = [
+    ["hello  ", "  world", "\n\n", "x"],  # whitespace at the joins must not merge across texts
+    ["a <|endoftext|> b", "c"],  # the EOS text inside a text is ordinary text
+    ["<|endof", "text|>"],  # ... and the join must not make one
+    ["caf\udce9", "ok\ud800"],  # lone surrogates
+    ["", "a", "\t"],
+    ["x"] * 3,
+]
+
+
+@pytest.mark.parametrize("texts", BATCHES)
+def test_encode_batch_equals_encode_text_by_text(gpt2_vocab, texts):
+    for tok in (load_tokenizer(gpt2_vocab), CharTokenizer("abcx \n")):
+        tokens, lengths = tok.encode_batch(texts)
+        expected = [tok.encode(t).tolist() for t in texts]
+        assert lengths.tolist() == [len(e) for e in expected]
+        assert tokens.tolist() == [i for e in expected for i in e] and tokens.dtype == np.uint16
+
+
 def test_token_bytes_add_up_to_the_utf8_size(gpt2_vocab):
     tok = load_tokenizer(gpt2_vocab)
     sizes = tok.token_bytes()
