@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model.gpt import GPT, GPTConfig  # noqa: E402
+from model.optim import adamw  # noqa: E402
 from model.train import BlockOrder, Position  # noqa: E402
 from pipeline.blocks import load_blocks  # noqa: E402
 from pipeline.config import ModelConfig  # noqa: E402
@@ -38,7 +39,7 @@ def step_seconds(blocks, batch: int, preset: str, steps: int) -> float:
     torch.manual_seed(0)
     cfg = GPTConfig.from_params(ModelConfig(preset=preset), int(blocks.manifest["vocab_size"]), blocks.context_length)
     model = GPT(cfg)
-    optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), "cpu")
+    optimizer = adamw(model, 0.1, 1e-3, (0.9, 0.99), torch.device("cpu"))
     data = {k: torch.from_numpy(v) for k, v in blocks.batch(np.arange(batch)).items()}
     times = []
     for _ in range(steps + 1):

@@ -57,9 +57,11 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from model.gpt import PRESETS  # noqa: E402
-from model.tracking import Tracker  # noqa: E402
-from model.train import measure_matmul_flops, train  # noqa: E402
+from pipeline.config import MODEL_PRESETS as PRESETS  # noqa: E402
+from model.metrics import Tracker  # noqa: E402
+from model.optim import adamw  # noqa: E402
+from model.runtime import measure_matmul_flops  # noqa: E402
+from model.train import train  # noqa: E402
 from pipeline.blocks import write_blocks  # noqa: E402
 from pipeline.config import ModelConfig, TrainConfig  # noqa: E402
 from pipeline.tokenizer import CharTokenizer  # noqa: E402
@@ -180,7 +182,7 @@ def bare_loop(data: dict, model_cfg: ModelConfig, cfg: TrainConfig, iters: int, 
     blocks = load_blocks(data["train_dir"])
     torch.manual_seed(SEED)
     model = GPT(GPTConfig.from_params(model_cfg, int(blocks.manifest["vocab_size"]), blocks.context_length))
-    opt = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), "cpu")
+    opt = adamw(model, cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), torch.device("cpu"))
     order, pos = BlockOrder(len(blocks), SEED), Position()
     model.train()
     with OtherLoad() as other:

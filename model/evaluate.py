@@ -8,118 +8,25 @@ the target tokens stand for (EOS stands for none), so models with different toke
 one scale. A source without validation blocks reports `tokens_<source>: 0` and null
 loss/perplexity/bpb. `unigram_loss[_<source>]` is the baseline a model without context gets on the
 same targets (from `data/packed/train`).
-
-Also home of the helpers the trainer shares: device choice, data/model compatibility checks and
-block scoring.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
 
+from model.runtime import resolve_device
+from model.scoring import check_compatible, load_val_sets, score_blocks, tokenizer_name
 from pipeline.blocks import Blocks, load_blocks
 from pipeline.config import EvaluateConfig, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.io import read_json, write_json
-from pipeline.paths import METRICS_DIR, MODEL_DIR, TRAIN_BLOCKS, VAL_BLOCKS
+from pipeline.paths import METRICS_DIR, MODEL_DIR, TRAIN_BLOCKS, TRAIN_MANIFEST_FILE, VAL_BLOCKS
 
 METRICS_FILE = METRICS_DIR / "eval.json"
-TRAIN_MANIFEST_FILE = "train_manifest.json"  # the train data's manifest, saved beside the model
-
-
-def resolve_device(name: str) -> torch.device:
-    """`cpu`, `cuda`, `cuda:N`, or `auto` (cuda when available)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PipelineError(f"device '{name}': CUDA is not available on this machine (use cpu or auto)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise PipelineError(f"device '{name}': not a device (use cpu, cuda, cuda:N or auto)") from None
-
-
-def autocast_for(device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """bf16 autocast on CUDA, nothing on CPU."""
-    if device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
-def tokenizer_name(manifest: dict) -> Optional[str]:
-    """The tokenizer named by a manifest (`tokenizer` may be a name or a mapping with one)."""
-    value = manifest.get("tokenizer")
-    if isinstance(value, dict):
-        value = value.get("name") or value.get("kind")
-    return value
-
-
-def check_compatible(
-    manifest: dict, where: str | Path, vocab_size: int, block_size: int, tokenizer: Optional[str], model_label: str
-) -> None:
-    """Refuse data whose tokenizer, vocab size or context length does not fit the model: one-line PipelineError."""
-    data_tok = tokenizer_name(manifest)
-    if tokenizer is not None and data_tok is not None and data_tok != tokenizer:
-        raise PipelineError(f"{where}: data tokenized with '{data_tok}' but {model_label} uses '{tokenizer}'")
-    if int(manifest["vocab_size"]) != vocab_size:
-        raise PipelineError(
-            f"{where}: vocab size {manifest['vocab_size']} does not match {model_label} (vocab size {vocab_size})"
-        )
-    if int(manifest["context_length"]) > block_size:
-        raise PipelineError(
-            f"{where}: context length {manifest['context_length']} exceeds {model_label} block size {block_size}"
-        )
-
-
-def load_val_sets(val_dir: str | Path) -> dict[str, Blocks]:
-    """Every `<val_dir>/<source>/` block folder, by source name (sorted)."""
-    val_dir = Path(val_dir)
-    if not val_dir.is_dir():
-        raise PipelineError(f"{val_dir}: not found (run `dvc repro pack` first?)")
-    return {p.name: load_blocks(p) for p in sorted(val_dir.iterdir()) if p.is_dir() and not p.name.startswith(".")}
-
-
-@torch.no_grad()
-def score_blocks(
-    model: torch.nn.Module,
-    blocks: Blocks,
-    rows: np.ndarray,
-    batch_size: int,
-    device: torch.device,
-    doc_mask: bool = False,
-    token_bytes: Optional[np.ndarray] = None,
-) -> tuple[float, int, int]:
-    """Sum of the per-token cross-entropy over the loss-masked targets of `rows`, their count, and
-    (with `token_bytes`, the UTF-8 size of each token id) the bytes those targets stand for."""
-    autocast = autocast_for(device)
-    was_training = model.training
-    model.eval()
-    total, count, nbytes = 0.0, 0, 0
-    for start in range(0, len(rows), batch_size):
-        arrays = blocks.batch(rows[start : start + batch_size])
-        if token_bytes is not None:
-            nbytes += int(token_bytes[arrays["targets"][arrays["loss_mask"]]].sum())
-        batch = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
-        n = int(batch["loss_mask"].sum())
-        if n == 0:
-            continue
-        with autocast():
-            _, loss = model(
-                batch["inputs"],
-                targets=batch["targets"],
-                loss_mask=batch["loss_mask"],
-                segment_ids=batch["segment_ids"] if doc_mask else None,
-            )
-        total += float(loss) * n
-        count += n
-    model.train(was_training)
-    return total, count, nbytes
 
 
 def score_sources(

@@ -33,6 +33,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from model.optim import adamw, optimizer_step, warmup_cosine
+from model.runtime import Dist, autocast_for, prepare, resolve_device
+from model.scoring import summed_loss
+from model.templates import DEFAULT_TEMPLATE, TEMPLATE_FILE, Template, render_prompt
 from pipeline.config import FinetuneConfig, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_dir, write_json
@@ -40,53 +44,7 @@ from pipeline.paths import FINETUNED_DIR, METRICS_DIR
 from pipeline.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
 METRICS_FILE = METRICS_DIR / "finetune.json"
-TEMPLATE_FILE = "template.json"
 FIELDS = ("instruction", "input", "output")
-
-
-# ---- the prompt template -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Template:
-    """How a record becomes a prompt: `prompt` (no input) or `prompt_with_input`, with {instruction} and {input}."""
-
-    name: str
-    prompt: str
-    prompt_with_input: str
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "prompt": self.prompt, "prompt_with_input": self.prompt_with_input, "response_ends_with": "eos"}
-
-
-DEFAULT_TEMPLATE = Template(
-    name="tinygpt-instruct-v1",
-    prompt="### Instruction:\n{instruction}\n\n### Response:\n",
-    prompt_with_input="### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n",
-)
-
-
-def render_prompt(instruction: str, input: Optional[str] = None, template: Template = DEFAULT_TEMPLATE) -> str:
-    """The prompt the model sees; the response follows it directly. An empty `input` counts as none."""
-    instruction = instruction.strip()
-    if input is not None and input.strip():
-        return template.prompt_with_input.replace("{instruction}", instruction).replace("{input}", input.strip())
-    return template.prompt.replace("{instruction}", instruction)
-
-
-def load_template(checkpoint: str | Path) -> Template:
-    """The template saved beside a fine-tuned checkpoint; one-line errors when absent or malformed."""
-    path = Path(checkpoint) / TEMPLATE_FILE
-    if not path.is_file():
-        raise PipelineError(f"{path}: not found (--instruction needs a checkpoint written by `python -m model.finetune`)")
-    try:
-        data = json.loads(path.read_text())
-        template = Template(name=str(data["name"]), prompt=data["prompt"], prompt_with_input=data["prompt_with_input"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PipelineError(f"{path}: not a prompt template ({type(exc).__name__}: {exc})") from None
-    if not isinstance(template.prompt, str) or not isinstance(template.prompt_with_input, str):
-        raise PipelineError(f"{path}: 'prompt' and 'prompt_with_input' must be strings")
-    return template
 
 
 # ---- records ---------------------------------------------------------------------------------------
@@ -224,26 +182,13 @@ def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int) -> d
 
 def lr_at(step: int, total_steps: int, cfg: FinetuneConfig) -> float:
     """The fine-tuning schedule (its own warmup, lr and min_lr): decay ends at the last step."""
-    from model.train import warmup_cosine
-
     return warmup_cosine(step, cfg.warmup_iters, total_steps - 1, cfg.lr, cfg.min_lr)
 
 
-@torch.no_grad()
 def response_loss(model, examples, pad_id: int, batch_size: int, device: torch.device) -> float:
     """Mean cross-entropy over the response (+EOS) tokens of all examples, in eval mode."""
-    from model.evaluate import autocast_for
-
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()}
-        n = int(batch["loss_mask"].sum())
-        with autocast_for(device)():
-            _, loss = model(batch["inputs"], targets=batch["targets"], loss_mask=batch["loss_mask"])
-        total, count = total + float(loss) * n, count + n
-    model.train(was_training)
+    batches = (collate(examples[start : start + batch_size], pad_id) for start in range(0, len(examples), batch_size))
+    total, count = summed_loss(model, batches, device)
     return total / max(1, count)
 
 
@@ -251,11 +196,9 @@ def train_examples(
     model, examples, pad_id: int, cfg: FinetuneConfig, seed: int, device: torch.device, print_fn: Callable = print
 ) -> list[float]:
     """Fine-tune `model` in place; return the train loss of each epoch (token-weighted over its steps)."""
-    from model.evaluate import autocast_for
-
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), device.type)
+    optimizer = adamw(model, cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), device)
     autocast = autocast_for(device)
     torch.manual_seed(seed)  # dropout
     model.train()
@@ -267,20 +210,9 @@ def train_examples(
             batch = collate([examples[i] for i in order[start : start + cfg.batch_size]], pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             lr = lr_at(step, total_steps, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with autocast():
-                _, loss = model(batch["inputs"], targets=batch["targets"], loss_mask=batch["loss_mask"])
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise PipelineError(f"finetune: loss is {value} at step {step + 1} (lr {lr:.3g}); lower finetune.lr")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss, _ = optimizer_step(model, optimizer, [batch], lr, cfg.grad_clip, autocast, Dist(), "finetune", step)
             n = int(batch["loss_mask"].sum())
-            loss_sum, token_count, step = loss_sum + value * n, token_count + n, step + 1
+            loss_sum, token_count, step = loss_sum + loss * n, token_count + n, step + 1
         epoch_losses.append(loss_sum / max(1, token_count))
         print_fn(
             f"finetune: epoch {epoch + 1}/{cfg.epochs}: train loss {epoch_losses[-1]:.4f} "
@@ -302,7 +234,6 @@ def tokenizer_dir(init_from: Path, vocab: Path) -> Path:
 
 def finetune(cfg: FinetuneConfig, seed: int, out_dir: str | Path, print_fn: Callable = print) -> dict:
     """Fine-tune `cfg.init_from` on `cfg.data`; write the checkpoint folder `out_dir` atomically; return the metrics."""
-    from model.evaluate import resolve_device
     from model.gpt import load_any
 
     out_dir, init_from = Path(out_dir), Path(cfg.init_from)
@@ -312,8 +243,7 @@ def finetune(cfg: FinetuneConfig, seed: int, out_dir: str | Path, print_fn: Call
     tok_dir = tokenizer_dir(init_from, Path(cfg.vocab))
     tokenizer = load_tokenizer(tok_dir)
     device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")
+    prepare(device)
     torch.manual_seed(seed)
     model = load_any(init_from, map_location=device, dropout=cfg.dropout)
     if tokenizer.vocab_size > model.config.vocab_size:

@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 import torch
 
 from model.gpt import GPT, TOKENIZER_DIR, load_any
+from model.runtime import resolve_device
+from model.templates import load_template, render_prompt
 from pipeline.errors import PipelineError, cli
 from pipeline.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
@@ -105,13 +107,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 @cli
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
-    from model.evaluate import resolve_device
-
     device = resolve_device(args.device)
     prompt = args.prompt
     if args.instruction is not None:
-        from model.finetune import load_template, render_prompt
-
         if args.prompt:
             raise PipelineError("pass either --prompt or --instruction, not both")
         prompt = render_prompt(args.instruction, args.input, load_template(args.checkpoint))

@@ -36,17 +36,6 @@ HF_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp
 HF_IGNORED = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in older HF checkpoints
 GPT2_EOS_ID = 50256
 
-PRESETS: dict[str, dict[str, int]] = {
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
-    "cpu-tiny": dict(n_layer=2, n_head=2, n_embd=64),
-    "cpu-small": dict(n_layer=4, n_head=4, n_embd=128),
-    "cpu-medium": dict(n_layer=6, n_head=6, n_embd=384),
-}
-
-
 @dataclass
 class GPTConfig:
     """The shape of a GPT-2 model."""
@@ -73,18 +62,7 @@ class GPTConfig:
 
     @classmethod
     def from_params(cls, model_cfg, vocab_size: int, block_size: int) -> "GPTConfig":
-        """Build from the `model` params section (pipeline.config.ModelConfig): preset, then overrides."""
-        shape: dict[str, Optional[int]] = dict(n_layer=None, n_head=None, n_embd=None)
-        if model_cfg.preset is not None:
-            if model_cfg.preset not in PRESETS:
-                raise PipelineError(f"model.preset: unknown preset '{model_cfg.preset}' (choose from {', '.join(PRESETS)})")
-            shape.update(PRESETS[model_cfg.preset])
-        for name in shape:
-            if getattr(model_cfg, name) is not None:
-                shape[name] = getattr(model_cfg, name)
-        missing = [name for name, value in shape.items() if value is None]
-        if missing:
-            raise PipelineError(f"model: set model.preset or model.{missing[0]}")
+        """Build from the `model` params section (pipeline.config.ModelConfig, validated at load)."""
         return cls(
             vocab_size=vocab_size,
             block_size=block_size,
@@ -92,7 +70,7 @@ class GPTConfig:
             bias=model_cfg.bias,
             tie_weights=model_cfg.tie_weights,
             doc_mask=model_cfg.doc_mask,
-            **shape,
+            **model_cfg.shape(),
         )
 
     @classmethod
@@ -267,7 +245,7 @@ class GPT(nn.Module):
         count = (targets != -100).sum().clamp(min=1)
         return logits, loss / count
 
-    # ---- accounting and optimizer ----------------------------------------------------------------
+    # ---- accounting ----------------------------------------------------------------
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count (tied weights once). non_embedding: leave out the lookup-only tables
@@ -283,15 +261,6 @@ class GPT(nn.Module):
         """Training FLOPs per token, 6N + 12·n_layer·n_embd·T (PaLM appendix B, as nanoGPT)."""
         T = seq_len or self.config.block_size
         return 6 * self.num_params() + 12 * self.config.n_layer * self.config.n_embd * T
-
-    def configure_optimizer(self, weight_decay: float, lr: float, betas: tuple[float, float], device_type: str):
-        """AdamW with weight decay on matrices and embeddings (dim >= 2) only; fused on CUDA."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=str(device_type).startswith("cuda"))
 
     # ---- checkpoints ---------------------------------------------------------------------------
 

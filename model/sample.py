@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from model.evaluate import resolve_device
+from model.runtime import resolve_device
 from pipeline.config import SampleConfig, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_file

@@ -8,6 +8,7 @@ section to its core function.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,44 @@ import yaml
 from pipeline.errors import ConfigError, PipelineError
 
 PARAMS_FILE = "params.yaml"
+DEVICE_PATTERN = r"cpu|auto|cuda(:\d+)?"
+
+# Model shapes by name (n_layer, n_head, n_embd); `model.preset` picks one, n_* override it.
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    "cpu-tiny": dict(n_layer=2, n_head=2, n_embd=64),
+    "cpu-small": dict(n_layer=4, n_head=4, n_embd=128),
+    "cpu-medium": dict(n_layer=6, n_head=6, n_embd=384),
+}
+
+
+def limit(default: Any, *, at_least: float | None = None, above: float | None = None,
+          below: float | None = None, at_most: float | None = None, pattern: str | None = None) -> Any:
+    """A field with a default and a constraint that `from_dict` checks (None values are not checked)."""
+    rules = {k: v for k, v in dict(at_least=at_least, above=above, below=below, at_most=at_most, pattern=pattern).items() if v is not None}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=rules)
+    return field(default=default, metadata=rules)
+
+
+def check_limits(obj: Any, key: str) -> None:
+    """Raise a one-line ConfigError for the first field of `obj` outside its `limit`."""
+    for f in dataclasses.fields(obj):
+        value, rules = getattr(obj, f.name), f.metadata
+        if value is None or not rules:
+            continue
+        broken = (
+            ("at_least" in rules and value < rules["at_least"] and f">= {rules['at_least']}")
+            or ("above" in rules and value <= rules["above"] and f"> {rules['above']}")
+            or ("below" in rules and value >= rules["below"] and f"< {rules['below']}")
+            or ("at_most" in rules and value > rules["at_most"] and f"<= {rules['at_most']}")
+            or ("pattern" in rules and not re.fullmatch(rules["pattern"], value) and f"one of {rules['pattern']}")
+        )
+        if broken:
+            raise ConfigError(f"{_join(key, f.name)} must be {broken}, got {value!r}")
 
 SourceFormat = Literal["text", "jsonl", "parquet", "hf"]
 SnapshotFormat = Literal["hf", "python-docs", "python-stdlib"]
@@ -36,15 +75,13 @@ class SnapshotConfig:
     subset: Optional[str] = None  # hf: configuration name, if the dataset has several
     hf_split: str = "train"  # hf: which split of the dataset to read
     text_field: str = "text"  # hf: the field holding the text
-    max_docs: Optional[int] = None  # hf: stop after this many documents (a sample of a large dataset)
+    max_docs: Optional[int] = limit(None, at_least=1)  # hf: stop after this many documents (a sample of a large dataset)
 
     def validate(self, key: str) -> None:
         if self.format == "hf" and not (self.path and self.revision):
             raise ConfigError(f"{key}: format 'hf' needs path (the dataset id) and a pinned revision")
         if self.format != "hf" and (self.path or self.revision):
             raise ConfigError(f"{key}: path and revision are for format 'hf' only")
-        if self.max_docs is not None and self.max_docs < 1:
-            raise ConfigError(f"{key}.max_docs must be >= 1, got {self.max_docs}")
 
 
 @dataclass
@@ -74,17 +111,13 @@ class TokenizerConfig:
 
 @dataclass
 class SplitConfig:
-    val_fraction: float = 0.05  # share of each source's documents held out for validation, in [0, 1)
-
-    def validate(self, key: str) -> None:
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"{key}.val_fraction must be in [0, 1), got {self.val_fraction}")
+    val_fraction: float = limit(0.05, at_least=0.0, below=1.0)  # share of each source's documents held out for validation
 
 
 @dataclass
 class MixConfig:
     weights: dict[str, float] = field(default_factory=dict)  # relative share of train tokens per source
-    train_tokens: int = 1_000_000  # train-token budget of the mixture (EOS separators included)
+    train_tokens: int = limit(1_000_000, at_least=1)  # train-token budget of the mixture (EOS separators included)
 
     def validate(self, key: str) -> None:
         for name, weight in self.weights.items():
@@ -92,79 +125,91 @@ class MixConfig:
                 raise ConfigError(f"{key}.weights.{name} must be >= 0, got {weight}")
         if not any(w > 0 for w in self.weights.values()):
             raise ConfigError(f"{key}.weights: at least one weight must be > 0")
-        if self.train_tokens <= 0:
-            raise ConfigError(f"{key}.train_tokens must be > 0, got {self.train_tokens}")
 
 
 @dataclass
 class PackConfig:
-    context_length: int = 256  # tokens the model reads per block (a block stores one more: the last target)
+    context_length: int = limit(256, at_least=2)  # tokens the model reads per block (a block stores one more: the last target)
     mode: PackMode = "concat"  # concat | pad | bestfit
-
-    def validate(self, key: str) -> None:
-        if self.context_length < 2:
-            raise ConfigError(f"{key}.context_length must be >= 2, got {self.context_length}")
 
 
 @dataclass
 class ModelConfig:
-    """GPT-2 shape. vocab_size and block_size come from the packed data's manifest."""
+    """The model's shape. vocab_size and block_size come from the packed data's manifest."""
 
-    preset: Optional[str] = "cpu-small"  # gpt2 | gpt2-medium | gpt2-large | gpt2-xl | cpu-tiny | cpu-small | cpu-medium
-    n_layer: Optional[int] = None  # overrides the preset when set
-    n_head: Optional[int] = None  # overrides the preset when set
-    n_embd: Optional[int] = None  # overrides the preset when set
-    dropout: float = 0.0  # dropout on attention, residual and embedding outputs
+    preset: Optional[str] = "cpu-small"  # a name of MODEL_PRESETS: gpt2 ... gpt2-xl, cpu-tiny, cpu-small, cpu-medium
+    n_layer: Optional[int] = limit(None, at_least=1)  # overrides the preset when set
+    n_head: Optional[int] = limit(None, at_least=1)  # overrides the preset when set
+    n_embd: Optional[int] = limit(None, at_least=1)  # overrides the preset when set; a multiple of n_head
+    dropout: float = limit(0.0, at_least=0.0, below=1.0)  # dropout on attention, residual and embedding outputs
     bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
     tie_weights: bool = True  # share the token embedding with the output layer (GPT-2 does)
     doc_mask: bool = False  # no attention across document boundaries inside a packed block
 
     def validate(self, key: str) -> None:
-        if self.preset is None and None in (self.n_layer, self.n_head, self.n_embd):
-            raise ConfigError(f"{key}: set model.preset or all of n_layer, n_head, n_embd")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"{key}.dropout must be in [0, 1), got {self.dropout}")
+        if self.preset is not None and self.preset not in MODEL_PRESETS:
+            raise ConfigError(f"{key}.preset: unknown preset '{self.preset}' (choose from {', '.join(MODEL_PRESETS)})")
+        shape = self.shape()
+        missing = [name for name, value in shape.items() if value is None]
+        if missing:
+            raise ConfigError(f"{key}.{missing[0]}: set {key}.preset or all of n_layer, n_head, n_embd")
+        if shape["n_embd"] % shape["n_head"]:
+            raise ConfigError(f"{key}.n_embd ({shape['n_embd']}) must be a multiple of {key}.n_head ({shape['n_head']})")
+
+    def shape(self) -> dict[str, Optional[int]]:
+        """n_layer, n_head, n_embd: the preset's, overridden by the fields that are set."""
+        shape = dict(MODEL_PRESETS.get(self.preset or "", dict(n_layer=None, n_head=None, n_embd=None)))
+        shape.update({name: getattr(self, name) for name in shape if getattr(self, name) is not None})
+        return shape
 
 
 @dataclass
 class TrainConfig:
-    device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when available)
+    device: str = limit("cpu", pattern=DEVICE_PATTERN)  # cpu | cuda | cuda:N | auto (cuda when available)
     init_from: Optional[str] = None  # a Hugging Face GPT-2 folder or a tinyGPT checkpoint folder
-    batch_size: int = 12  # blocks per micro-batch (per process under DDP)
-    grad_accum: int = 1  # micro-batches per optimizer step
-    max_iters: int = 2000  # optimizer steps
-    lr: float = 1e-3  # peak learning rate
-    min_lr: float = 1e-4  # cosine decays to this
-    warmup_iters: int = 100  # linear warmup steps
-    weight_decay: float = 0.1  # AdamW decay on 2-D weights only
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
-    eval_interval: int = 250  # steps between val evaluations (0: only at the end)
-    eval_blocks: int = 32  # val blocks per source at each periodic evaluation
-    checkpoint_interval: int = 250  # steps between checkpoints (0: only at the end)
+    batch_size: int = limit(12, at_least=1)  # blocks per micro-batch (per process under DDP)
+    grad_accum: int = limit(1, at_least=1)  # micro-batches per optimizer step
+    max_iters: int = limit(2000, at_least=1)  # optimizer steps
+    lr: float = limit(1e-3, above=0.0)  # peak learning rate
+    min_lr: float = limit(1e-4, at_least=0.0)  # cosine decays to this; at most lr
+    warmup_iters: int = limit(100, at_least=0)  # linear warmup steps
+    weight_decay: float = limit(0.1, at_least=0.0)  # AdamW decay on 2-D weights only
+    beta1: float = limit(0.9, at_least=0.0, below=1.0)
+    beta2: float = limit(0.99, at_least=0.0, below=1.0)
+    grad_clip: float = limit(1.0, at_least=0.0)  # max global grad norm; 0 disables
+    eval_interval: int = limit(250, at_least=0)  # steps between val evaluations (0: only at the end)
+    eval_blocks: int = limit(32, at_least=0)  # val blocks per source at each periodic evaluation (0: all)
+    checkpoint_interval: int = limit(250, at_least=0)  # steps between checkpoints (0: only at the end)
     compile: bool = False  # torch.compile the model
-    threads: int = 0  # torch CPU threads (0: all cores, shared among the processes of a node)
-    log_interval: int = 10  # steps between train-loss points in W&B and metrics/plots
+    threads: int = limit(0, at_least=0)  # torch CPU threads (0: all cores, shared among the processes of a node)
+    log_interval: int = limit(10, at_least=1)  # steps between train-loss points in W&B and DVCLive
     peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0: auto (bf16 peak of known GPUs, else a quick matmul benchmark); < 0: no MFU
+
+    def validate(self, key: str) -> None:
+        if self.min_lr > self.lr:
+            raise ConfigError(f"{key}.min_lr ({self.min_lr}) must be at most {key}.lr ({self.lr})")
 
 
 @dataclass
 class EvaluateConfig:
-    max_blocks: int = 0  # val blocks per source to score (0: all)
-    batch_size: int = 16
-    device: str = "auto"  # cpu | cuda | cuda:N | auto (cuda when available)
+    max_blocks: int = limit(0, at_least=0)  # val blocks per source to score (0: all)
+    batch_size: int = limit(16, at_least=1)
+    device: str = limit("auto", pattern=DEVICE_PATTERN)  # cpu | cuda | cuda:N | auto (cuda when available)
 
 
 @dataclass
 class SampleConfig:
-    prompts: list[str] = field(default_factory=lambda: ["\n"])  # one sample per prompt (and per num_samples)
-    num_samples: int = 2  # samples per prompt
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: Optional[int] = 200
-    top_p: Optional[float] = None
-    device: str = "auto"  # cpu | cuda | cuda:N | auto (cuda when available)
+    prompts: list[str] = limit(["\n"])  # one group of samples per prompt
+    num_samples: int = limit(2, at_least=1)  # samples per prompt
+    max_new_tokens: int = limit(200, at_least=0)
+    temperature: float = limit(0.8, at_least=0.0)  # 0: greedy
+    top_k: Optional[int] = limit(200, at_least=1)  # keep the k likeliest tokens (null: all)
+    top_p: Optional[float] = limit(None, above=0.0, at_most=1.0)  # keep the smallest set reaching p (null: all)
+    device: str = limit("auto", pattern=DEVICE_PATTERN)  # cpu | cuda | cuda:N | auto (cuda when available)
+
+    def validate(self, key: str) -> None:
+        if not self.prompts:
+            raise ConfigError(f"{key}.prompts: give at least one prompt")
 
 
 @dataclass
@@ -174,28 +219,21 @@ class FinetuneConfig:
     data: str = "data/instructions.jsonl"  # records (.json list or .jsonl): instruction, optional input, output
     init_from: str = "data/model"  # a tinyGPT checkpoint folder or a Hugging Face GPT-2 folder
     vocab: str = "data/vocab"  # tokenizer folder, used when init_from has no tokenizer/ (Hugging Face folders)
-    epochs: int = 2  # passes over the records
-    batch_size: int = 4  # records per optimizer step (padded to the longest)
-    lr: float = 3e-4  # peak learning rate
-    min_lr: float = 3e-5  # cosine decays to this at the last step
-    warmup_iters: int = 2  # linear warmup steps
-    weight_decay: float = 0.1  # AdamW decay on 2-D weights only
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
-    dropout: Optional[float] = None  # override the checkpoint's dropout (None: keep it)
-    device: str = "auto"  # cpu | cuda | cuda:N | auto (cuda when available)
+    epochs: int = limit(2, at_least=1)  # passes over the records
+    batch_size: int = limit(4, at_least=1)  # records per optimizer step (padded to the longest)
+    lr: float = limit(3e-4, above=0.0)  # peak learning rate
+    min_lr: float = limit(3e-5, at_least=0.0)  # cosine decays to this at the last step; at most lr
+    warmup_iters: int = limit(2, at_least=0)  # linear warmup steps
+    weight_decay: float = limit(0.1, at_least=0.0)  # AdamW decay on 2-D weights only
+    beta1: float = limit(0.9, at_least=0.0, below=1.0)
+    beta2: float = limit(0.99, at_least=0.0, below=1.0)
+    grad_clip: float = limit(1.0, at_least=0.0)  # max global grad norm; 0 disables
+    dropout: Optional[float] = limit(None, at_least=0.0, below=1.0)  # override the checkpoint's dropout (None: keep it)
+    device: str = limit("auto", pattern=DEVICE_PATTERN)  # cpu | cuda | cuda:N | auto (cuda when available)
 
     def validate(self, key: str) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup_iters < 0:
-            raise ConfigError(f"{key}.warmup_iters must be >= 0, got {self.warmup_iters}")
-        if not 0.0 < self.lr or not 0.0 <= self.min_lr <= self.lr:
-            raise ConfigError(f"{key}.lr must be > 0 and {key}.min_lr in [0, lr]; got {self.lr}, {self.min_lr}")
-        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"{key}.dropout must be in [0, 1), got {self.dropout}")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"{key}.min_lr ({self.min_lr}) must be at most {key}.lr ({self.lr})")
 
 
 @dataclass
@@ -277,6 +315,7 @@ def from_dict(cls: Any, value: Any, key: str) -> Any:
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"missing key '{_join(key, name)}'")
         obj = cls(**kwargs)
+        check_limits(obj, key)
         if hasattr(obj, "validate"):
             obj.validate(key)
         return obj

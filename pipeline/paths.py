@@ -29,3 +29,4 @@ METRICS_DIR = Path("metrics")
 REPORTS_DIR = Path("reports")
 
 MANIFEST_FILE = "manifest.json"  # every data output folder has one
+TRAIN_MANIFEST_FILE = "train_manifest.json"  # the train data's manifest, saved beside a trained model

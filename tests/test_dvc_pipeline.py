@@ -158,12 +158,13 @@ def test_editing_a_module_reruns_the_stages_that_import_it(tiny_repo):
     assert stages == {f"{stage}@{n}" for stage in ("scan", "tokenize") for n in names}, stages  # stores come out equal
 
 
-def test_bad_params_fail_with_one_line_naming_the_key(tmp_path):
+@pytest.mark.parametrize("section, key, value", [("mix", "weights", {"poetry": 1.0}), ("train", "batch_size", 0), ("model", "preset", "gpt3")])
+def test_bad_params_fail_in_the_first_stage_naming_the_key(tmp_path, section, key, value):
     params = json.loads(json.dumps(TINY_PARAMS))
-    params["mix"]["weights"]["poetry"] = 1.0
+    params.setdefault(section, {})[key] = value
     repo = make_repo(tmp_path, params)
     result = run(["dvc", "repro", "pack"], repo, check=False)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors and "mix.weights.poetry" in errors[0]
-    assert not (repo / "data/tokens").exists() and not (repo / "data/scan").exists()
+    assert errors and f"{section}.{key}" in errors[0], result.stderr
+    assert not (repo / "data/tokens").exists() and not (repo / "data/scan").exists(), "nothing ran before the check"

@@ -15,18 +15,8 @@ import pytest
 import torch
 import yaml
 
-from model.finetune import (
-    DEFAULT_TEMPLATE,
-    Record,
-    collate,
-    encode_example,
-    encode_records,
-    finetune,
-    load_records,
-    load_template,
-    lr_at,
-    render_prompt,
-)
+from model.finetune import Record, collate, encode_example, encode_records, finetune, load_records, lr_at
+from model.templates import DEFAULT_TEMPLATE, load_template, render_prompt
 from model.gpt import GPT, GPTConfig
 from pipeline.config import FinetuneConfig, load_params
 from pipeline.errors import ConfigError, PipelineError

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from model.gpt import GPT, GPTConfig
-from model.tracking import Tracker
-from model.train import BlockOrder, Position, latest_checkpoint, load_checkpoint, lr_at, save_checkpoint, train
+from model.checkpoint import STATE_FORMAT, latest_checkpoint, load_checkpoint, save_checkpoint
+from model.metrics import Tracker
+from model.train import BlockOrder, Position, lr_at, train
 from tests.helpers import write_char_vocab
 from pipeline.blocks import write_blocks
 from pipeline.config import ModelConfig, TrainConfig
@@ -85,23 +86,27 @@ def weights(folder: Path) -> dict:
 def test_loss_decreases_and_outputs_written(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     paths = make_data(tmp_path / "d")
-    tracker = Tracker(tmp_path / "metrics", wandb_mode="offline", wandb_dir=tmp_path / "wandb",
-                      config={"a": 1}, tags=["code=0.5"])
+    tracker = Tracker(tmp_path / "metrics", timing_file=tmp_path / "timing.json", wandb_mode="offline",
+                      wandb_dir=tmp_path / "wandb", config={"a": 1}, tags=["code=0.5"])
     result = train(0, ModelConfig(**TINY), cfg(lr=1e-2, min_lr=1e-3, max_iters=100, eval_interval=50), tracker=tracker, **paths)
     s = result.summary
     first_loss = tracker.train_rows[0][1]
     assert first_loss > 3.0  # about ln(V) at init
     assert s["train_loss"] < 1.0 and s["val_loss"] < 1.0, s
-    assert set(s) >= {"val_loss_prose", "val_loss_code", "tokens_per_s", "mfu", "step", "params"}
-    assert s["step"] == 100 and s["mfu"] > 0
+    assert set(s) >= {"val_loss_prose", "val_loss_code", "step", "params", "tokens_seen"}
+    assert s["step"] == 100
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert timing["tokens_per_s"] > 0 and timing["mfu"] > 0 and timing["timed_steps"] == 99
     out = paths["out_dir"]
     assert {p.name for p in out.iterdir()} >= {"model.safetensors", "model_config.json", "tokenizer", "train_manifest.json"}
     assert (out / "tokenizer" / "chars.json").is_file()
-    assert json.loads((tmp_path / "metrics/train.json").read_text())["step"] == 100
-    train_tsv = (tmp_path / "metrics/plots/train.tsv").read_text().splitlines()
-    assert train_tsv[0] == "step\tloss\tlr\ttokens_per_s\tmfu" and len(train_tsv) == 1 + 20
-    assert len((tmp_path / "metrics/plots/val_loss.tsv").read_text().splitlines()) == 1 + 2
-    assert sorted(p.name for p in (tmp_path / "metrics/plots/val").iterdir()) == ["code.tsv", "prose.tsv"]
+    summary = json.loads((tmp_path / "metrics/metrics.json").read_text())
+    assert summary["step"] == 100 and summary["val_loss_code"] == s["val_loss_code"] and "tokens_per_s" not in summary
+    plots = tmp_path / "metrics/plots/metrics"
+    train_tsv = (plots / "train/loss.tsv").read_text().splitlines()
+    assert train_tsv[0] == "step\tloss" and len(train_tsv) == 1 + 20
+    assert len((plots / "val/loss.tsv").read_text().splitlines()) == 1 + 2
+    assert sorted(p.name for p in (plots / "val").iterdir()) == ["loss.tsv", "loss_code.tsv", "loss_prose.tsv"]
     assert list((tmp_path / "wandb").rglob("*.wandb"))  # an offline W&B run was recorded
     assert latest_checkpoint(paths["checkpoint_dir"]).name == "step-00000100"
 
@@ -164,7 +169,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
 def test_checkpoint_debris_from_a_kill_is_ignored(tmp_path):
     ckpts = tmp_path / "ckpt"
     model = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=1, n_head=1, n_embd=8))
-    state = {"format": 1, "fingerprint": "x", "step": 5}
+    state = {"format": STATE_FORMAT, "fingerprint": "x", "step": 5}
     save_checkpoint(ckpts, model, state, {"tokenizer": "char"})
     (ckpts / ".step-00000010.tmp-abc").mkdir()  # killed while writing the next one
     (ckpts / ".step-00000010.tmp-abc" / "model.safetensors").write_bytes(b"partial")
@@ -274,7 +279,7 @@ def test_nan_loss_stops_with_one_line_error(tmp_path):
 
 
 def test_run_config_and_tags():
-    from model.tracking import mixture_tags, run_config
+    from model.metrics import mixture_tags, run_config
     from pipeline.config import load_params
 
     params = load_params(REPO / "params.yaml")

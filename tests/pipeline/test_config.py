@@ -130,3 +130,63 @@ def test_params_yaml_keys_are_config_keys():
             if key == concrete or key.startswith(concrete + "."):
                 generic = pattern + key[len(concrete):]
         assert generic in known, f"params.yaml key {key} is not in the config classes"
+
+
+def bad_value(rules: dict):
+    """A value that breaks the first of a field's limits."""
+    if "at_least" in rules:
+        return rules["at_least"] - 1 if isinstance(rules["at_least"], int) else rules["at_least"] - 0.5
+    if "above" in rules:
+        return rules["above"]
+    if "below" in rules:
+        return rules["below"]
+    if "at_most" in rules:
+        return rules["at_most"] + 1
+    return "gpu0"  # a pattern: no device spec matches it
+
+
+def constrained_fields() -> list[tuple[str, str, object]]:
+    """(section, field, bad value) for every field of every section that declares a limit."""
+    out = []
+    for section in dataclasses.fields(Params):
+        cls = typing.get_type_hints(Params)[section.name]
+        if dataclasses.is_dataclass(cls):
+            out += [(section.name, f.name, bad_value(f.metadata)) for f in dataclasses.fields(cls) if f.metadata]
+    return out
+
+
+@pytest.mark.parametrize("section, name, value", constrained_fields())
+def test_every_limited_field_rejects_a_bad_value_at_load(tmp_path, section, name, value):
+    params = default_params()
+    params.setdefault(section, {})[name] = value
+    with pytest.raises(ConfigError) as error:
+        load_params(write(tmp_path, params))
+    assert f"{section}.{name}" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_limits_cover_the_model_side():
+    covered = {(s, n) for s, n, _ in constrained_fields()}
+    for key in [("train", "batch_size"), ("train", "lr"), ("train", "device"), ("evaluate", "batch_size"),
+                ("sample", "top_p"), ("sample", "temperature"), ("finetune", "epochs"), ("model", "dropout")]:
+        assert key in covered, key
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda p: p["model"].update(preset="gpt3"), "model.preset"),
+        (lambda p: p["model"].update(preset=None, n_layer=2), "model.n_head"),
+        (lambda p: p["model"].update(n_head=3), "model.n_embd"),
+        (lambda p: p["train"].update(lr=1e-4, min_lr=1e-3), "train.min_lr"),
+        (lambda p: p["finetune"].update(lr=1e-4, min_lr=1e-3), "finetune.min_lr"),
+        (lambda p: p["sample"].update(prompts=[]), "sample.prompts"),
+        (lambda p: p["train"].update(device="tpu"), "train.device"),
+        (lambda p: p["wandb"].update(mode="loud"), "wandb.mode"),
+    ],
+)
+def test_model_side_params_fail_at_load(tmp_path, edit, key):
+    params = default_params()
+    edit(params)
+    with pytest.raises(ConfigError) as error:
+        load_params(write(tmp_path, params))
+    assert key in str(error.value) and "\n" not in str(error.value)

@@ -1,0 +1,94 @@
+"""Loss on held-out data, as the trainer's periodic evaluation, the evaluate stage and fine-tuning
+share it, and the checks that data and model fit each other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+
+from model.runtime import autocast_for
+from pipeline.blocks import Blocks, load_blocks
+from pipeline.errors import PipelineError
+
+
+def tokenizer_name(manifest: dict) -> Optional[str]:
+    """The tokenizer named by a manifest (`tokenizer` may be a name or a mapping with one)."""
+    value = manifest.get("tokenizer")
+    if isinstance(value, dict):
+        value = value.get("name") or value.get("kind")
+    return value
+
+
+def check_compatible(
+    manifest: dict, where: str | Path, vocab_size: int, block_size: int, tokenizer: Optional[str], model_label: str
+) -> None:
+    """Refuse data whose tokenizer, vocab size or context length does not fit the model: one-line PipelineError."""
+    data_tok = tokenizer_name(manifest)
+    if tokenizer is not None and data_tok is not None and data_tok != tokenizer:
+        raise PipelineError(f"{where}: data tokenized with '{data_tok}' but {model_label} uses '{tokenizer}'")
+    if int(manifest["vocab_size"]) != vocab_size:
+        raise PipelineError(
+            f"{where}: vocab size {manifest['vocab_size']} does not match {model_label} (vocab size {vocab_size})"
+        )
+    if int(manifest["context_length"]) > block_size:
+        raise PipelineError(
+            f"{where}: context length {manifest['context_length']} exceeds {model_label} block size {block_size}"
+        )
+
+
+def load_val_sets(val_dir: str | Path) -> dict[str, Blocks]:
+    """Every `<val_dir>/<source>/` block folder, by source name (sorted)."""
+    val_dir = Path(val_dir)
+    if not val_dir.is_dir():
+        raise PipelineError(f"{val_dir}: not found (run `dvc repro pack` first?)")
+    return {p.name: load_blocks(p) for p in sorted(val_dir.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+
+
+@torch.no_grad()
+def summed_loss(model: torch.nn.Module, batches: Iterable[dict], device: torch.device, doc_mask: bool = False) -> tuple[float, int]:
+    """Cross-entropy summed over the loss-masked targets of `batches` (numpy or torch: inputs,
+    targets, loss_mask, segment_ids), and their count, in eval mode (the mode is restored)."""
+    autocast = autocast_for(device)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for arrays in batches:
+        batch = {k: torch.as_tensor(v).to(device) for k, v in arrays.items()}
+        n = int(batch["loss_mask"].sum())
+        if n == 0:
+            continue
+        with autocast():
+            _, loss = model(batch["inputs"], targets=batch["targets"], loss_mask=batch["loss_mask"],
+                            segment_ids=batch.get("segment_ids") if doc_mask else None)
+        total += float(loss) * n
+        count += n
+    model.train(was_training)
+    return total, count
+
+
+def score_blocks(
+    model: torch.nn.Module,
+    blocks: Blocks,
+    rows: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    doc_mask: bool = False,
+    token_bytes: Optional[np.ndarray] = None,
+) -> tuple[float, int, int]:
+    """Summed loss over the targets of block `rows`, their count, and (with `token_bytes`, the UTF-8
+    size of each token id) the bytes those targets stand for."""
+    nbytes = 0
+
+    def batches():
+        nonlocal nbytes
+        for start in range(0, len(rows), batch_size):
+            arrays = blocks.batch(rows[start : start + batch_size])
+            if token_bytes is not None:
+                nbytes += int(token_bytes[arrays["targets"][arrays["loss_mask"]]].sum())
+            yield arrays
+
+    total, count = summed_loss(model, batches(), device, doc_mask)
+    return total, count, nbytes
