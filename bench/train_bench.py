@@ -111,7 +111,7 @@ def make_char_data(root: Path, context: int) -> dict:
     cut = int(len(ids) * (1 - VAL_FRACTION))
     vocab = root / "vocab"
     vocab.mkdir(parents=True)
-    (vocab / "tokenizer.json").write_text(json.dumps({"kind": "char", "name": "char", "vocab_size": tok.vocab_size}))
+    (vocab / "spec.json").write_text(json.dumps({"kind": "char", "name": "char", "vocab_size": tok.vocab_size, "eos_id": 0, "pad_id": 0}))
     (vocab / "chars.json").write_text(json.dumps({"chars": tok.chars}))
     n_train = write_split(root / "packed/train", ids[:cut], context, tok, "prose")
     n_val = write_split(root / "packed/val/prose", ids[cut:], context, tok, "prose")

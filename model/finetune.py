@@ -41,7 +41,7 @@ from pipeline.config import FinetuneConfig, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_dir, write_json
 from pipeline.paths import FINETUNED_DIR, METRICS_DIR
-from pipeline.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
+from pipeline.tokenizer import SPEC_FILE, Tokenizer, load_tokenizer
 
 METRICS_FILE = METRICS_DIR / "finetune.json"
 FIELDS = ("instruction", "input", "output")
@@ -225,10 +225,10 @@ def tokenizer_dir(init_from: Path, vocab: Path) -> Path:
     """The checkpoint's own `tokenizer/` folder, else the `vocab` folder (Hugging Face checkpoints)."""
     from model.gpt import TOKENIZER_DIR
 
-    if (init_from / TOKENIZER_DIR / TOKENIZER_FILE).is_file():
+    if (init_from / TOKENIZER_DIR / SPEC_FILE).is_file():
         return init_from / TOKENIZER_DIR
-    if not (vocab / TOKENIZER_FILE).is_file():
-        raise PipelineError(f"{init_from} has no {TOKENIZER_DIR}/ folder and {vocab / TOKENIZER_FILE} is missing (set finetune.vocab)")
+    if not (vocab / SPEC_FILE).is_file():
+        raise PipelineError(f"{init_from} has no {TOKENIZER_DIR}/ folder and {vocab / SPEC_FILE} is missing (set finetune.vocab)")
     return vocab
 
 

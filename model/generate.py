@@ -23,7 +23,7 @@ from model.gpt import GPT, TOKENIZER_DIR, load_any
 from model.runtime import resolve_device
 from model.templates import load_template, render_prompt
 from pipeline.errors import PipelineError, cli
-from pipeline.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
+from pipeline.tokenizer import SPEC_FILE, Tokenizer, load_tokenizer
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str, block_size: int) -> list[int]:
@@ -80,10 +80,10 @@ def sample_texts(
 
 def resolve_tokenizer(checkpoint: Path, vocab: Path) -> Tokenizer:
     """The checkpoint's own `tokenizer/` folder, else the `--vocab` folder."""
-    if (checkpoint / TOKENIZER_DIR / TOKENIZER_FILE).is_file():
+    if (checkpoint / TOKENIZER_DIR / SPEC_FILE).is_file():
         return load_tokenizer(checkpoint / TOKENIZER_DIR)
-    if not (vocab / TOKENIZER_FILE).is_file():
-        raise PipelineError(f"{checkpoint} has no {TOKENIZER_DIR}/ folder and {vocab / TOKENIZER_FILE} is missing; pass --vocab DIR")
+    if not (vocab / SPEC_FILE).is_file():
+        raise PipelineError(f"{checkpoint} has no {TOKENIZER_DIR}/ folder and {vocab / SPEC_FILE} is missing; pass --vocab DIR")
     return load_tokenizer(vocab)
 
 

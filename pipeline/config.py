@@ -30,6 +30,7 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
     "cpu-tiny": dict(n_layer=2, n_head=2, n_embd=64),
     "cpu-small": dict(n_layer=4, n_head=4, n_embd=128),
+    "cpu-base": dict(n_layer=6, n_head=6, n_embd=192),  # the default run: ~3.5M params with a 4k vocabulary
     "cpu-medium": dict(n_layer=6, n_head=6, n_embd=384),
 }
 
@@ -99,12 +100,14 @@ class SourceConfig:
 
 @dataclass
 class TokenizerConfig:
-    name: str = "gpt2"  # gpt2 (offline, from the vocab stage), any tiktoken encoding name, or char
+    name: str = "gpt2"  # gpt2 (offline, from the vocab stage) | another tiktoken encoding | char | bpe (trained on your sources)
+    vocab_size: int = limit(4096, at_least=260)  # bpe: tokens in the trained vocabulary (256 bytes, EOS, merges)
+    sample_bytes: int = limit(50_000_000, at_least=1)  # bpe: at most this many bytes of each source's train documents to learn from
 
     def validate(self, key: str) -> None:
         import tiktoken
 
-        known = {"gpt2", "char", *tiktoken.list_encoding_names()}
+        known = {"gpt2", "char", "bpe", *tiktoken.list_encoding_names()}
         if self.name not in known:
             raise ConfigError(f"{key}.name: unknown tokenizer '{self.name}' (choose from {', '.join(sorted(known))})")
 
@@ -137,7 +140,7 @@ class PackConfig:
 class ModelConfig:
     """The model's shape. vocab_size and block_size come from the packed data's manifest."""
 
-    preset: Optional[str] = "cpu-small"  # a name of MODEL_PRESETS: gpt2 ... gpt2-xl, cpu-tiny, cpu-small, cpu-medium
+    preset: Optional[str] = "cpu-base"  # a name of MODEL_PRESETS: gpt2 ... gpt2-xl, cpu-tiny, cpu-small, cpu-base, cpu-medium
     n_layer: Optional[int] = limit(None, at_least=1)  # overrides the preset when set
     n_head: Optional[int] = limit(None, at_least=1)  # overrides the preset when set
     n_embd: Optional[int] = limit(None, at_least=1)  # overrides the preset when set; a multiple of n_head

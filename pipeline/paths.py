@@ -11,6 +11,8 @@ from pathlib import Path
 DATA = Path("data")
 RAW_DIR = DATA / "raw"  # snapshot@<name>: embedded and hub datasets copied into the project
 SCAN_DIR = DATA / "scan"  # scan@<name>: what data-dependent vocabularies learn from each source
+SCAN_FILE = "scan.json"  # in a source's scan folder: what was scanned for, and the characters (char)
+SAMPLE_FILE = "sample.jsonl"  # ... and the train documents a BPE learns from (bpe), one JSON string a line
 VOCAB_DIR = DATA / "vocab"  # vocab: the tokenizer's files
 TOKENS_DIR = DATA / "tokens"  # tokenize@<name>: the token store of each source
 SPLIT_DIR = DATA / "split"  # split@<name>: train/val document indices over the store

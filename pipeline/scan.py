@@ -1,24 +1,29 @@
-"""The `scan@<source>` stage: what a vocabulary that learns from the data needs from one source.
+"""The `scan@<source>` stage: what a vocabulary learned from the data needs from one source.
 
-`tokenizer.name: char` takes its vocabulary from every character of every source. Collecting them
-per source, in a stage that depends on that source's path, lets DVC re-run exactly the scan of a
-changed source before `vocab` merges the results. Tokenizers with a fixed vocabulary (gpt2 and the
-other tiktoken encodings) learn nothing from the data: the scan then writes a stub without reading.
-
-Writes `data/scan/<source>.json`: `{"tokenizer": name, "chars": "..."}` (chars only for `char`).
+Vocabularies that learn from the data see every source; collecting what they need per source, in a
+stage that depends on that source's path, lets DVC re-run exactly the scan of a changed source
+before `vocab` merges the results. Writes `data/scan/<source>/scan.json` and, for `bpe`,
+`sample.jsonl`:
+- char: every character of the source's documents;
+- bpe: the source's train documents (the split's content-hash rule, so val stays unseen), in
+  reading order, up to `tokenizer.sample_bytes` bytes;
+- fixed vocabularies (gpt2, other tiktoken encodings) learn nothing: a stub, the source unread.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
-from pipeline.config import SourceConfig, TokenizerConfig, entry_argument, load_params
+from pipeline.config import SourceConfig, SplitConfig, TokenizerConfig, entry_argument, load_params
 from pipeline.errors import cli
-from pipeline.io import write_json
+from pipeline.hashing import content_hashes, is_val, val_threshold
+from pipeline.io import atomic_dir, write_json
 from pipeline.parallel import ordered_parallel_map
-from pipeline.paths import SCAN_DIR
+from pipeline.paths import SAMPLE_FILE, SCAN_DIR, SCAN_FILE
 from pipeline.sources import ReadTask, read_tasks, task_documents
 
 
@@ -28,22 +33,52 @@ def task_chars(task: ReadTask) -> str:
     return "".join(set().union(*map(set, docs)))
 
 
-def scan_source(name: str, cfg: SourceConfig, tokenizer: TokenizerConfig, workers: int) -> dict:
-    """The scan result of one source for `tokenizer`."""
-    if tokenizer.name != "char":
-        return {"tokenizer": tokenizer.name}
-    seen: set[str] = set()
-    for chars in ordered_parallel_map(task_chars, read_tasks(cfg, f"sources.{name}"), workers):
-        seen.update(chars)
-    return {"tokenizer": tokenizer.name, "chars": "".join(sorted(seen))}
+def task_train_documents(task: ReadTask, threshold: int) -> list[str]:
+    """One task's documents that the split puts in train."""
+    docs, _ = task_documents(task)
+    hashes, _ = content_hashes(docs)
+    return [doc for doc, val in zip(docs, is_val(hashes, threshold)) if not val]
+
+
+def scan_source(name: str, cfg: SourceConfig, tokenizer: TokenizerConfig, split: SplitConfig, out_dir: Path, workers: int) -> dict:
+    """Scan source `name` for `tokenizer` into `out_dir` (replaced whole); return scan.json's content."""
+    result: dict = {"tokenizer": tokenizer.name}
+    tasks = read_tasks(cfg, f"sources.{name}")
+    with atomic_dir(out_dir) as tmp:
+        if tokenizer.name == "char":
+            seen: set[str] = set()
+            for chars in ordered_parallel_map(task_chars, tasks, workers):
+                seen.update(chars)
+            result["chars"] = "".join(sorted(seen))
+        elif tokenizer.name == "bpe":
+            result.update(write_sample(tasks, tokenizer.sample_bytes, val_threshold(split.val_fraction), tmp / SAMPLE_FILE, workers))
+        write_json(tmp / SCAN_FILE, result)
+    return result
+
+
+def write_sample(tasks, budget: int, threshold: int, path: Path, workers: int) -> dict:
+    """Train documents, in order, until `budget` bytes (the document that crosses it is the last)."""
+    docs = nbytes = 0
+    batches = ordered_parallel_map(partial(task_train_documents, threshold=threshold), tasks, workers)
+    with open(path, "w", encoding="utf-8") as out:
+        for batch in batches:
+            for doc in batch:
+                out.write(json.dumps(doc) + "\n")
+                docs, nbytes = docs + 1, nbytes + len(doc.encode("utf-8", "surrogatepass"))
+                if nbytes >= budget:
+                    break
+            if nbytes >= budget:
+                batches.close()
+                break
+    return {"sample_documents": docs, "sample_bytes": nbytes}
 
 
 @cli
 def main() -> None:
     params = load_params()
     name = entry_argument(sys.argv, params.sources, "sources", "scan")
-    result = scan_source(name, params.sources[name], params.tokenizer, os.cpu_count() or 1)
-    write_json(Path(SCAN_DIR) / f"{name}.json", result)
+    result = scan_source(name, params.sources[name], params.tokenizer, params.split, Path(SCAN_DIR) / name, os.cpu_count() or 1)
+    print(f"scan {name}: for {result['tokenizer']}" + (f", {result['sample_documents']} train documents" if "sample_documents" in result else ""))
 
 
 if __name__ == "__main__":

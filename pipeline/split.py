@@ -1,7 +1,7 @@
 """The `split@<source>` stage: train/val by a stable hash of each document's content.
 
-A document goes to val when the first 8 bytes of its content hash, read as a big-endian fraction of
-2**64, fall below `split.val_fraction`. The decision looks at nothing but the document itself, so it
+A document goes to val when its content hash says so (`pipeline.hashing.is_val`: the first 8 bytes,
+read as a big-endian fraction of 2**64, below `split.val_fraction`). The decision looks at nothing but the document itself, so it
 never changes with the mixture, the seed or the other sources, and identical documents share a split.
 
 Writes `data/split/<source>/`: `train.npy` and `val.npy`, the ascending indices (int64) of the
@@ -11,9 +11,7 @@ Memory stays flat: the hashes are read in chunks of CHUNK_DOCS.
 
 from __future__ import annotations
 
-import math
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -21,23 +19,13 @@ import numpy as np
 from pipeline.arrays import NpyWriter
 from pipeline.config import SplitConfig, entry_argument, load_params
 from pipeline.errors import PipelineError, cli
+from pipeline.hashing import is_val, val_threshold
 from pipeline.io import atomic_dir, sha256_file, write_json
 from pipeline.paths import MANIFEST_FILE, SPLIT_DIR, TOKENS_DIR
 from pipeline.store import TokenStore
 
 SPLITS = ("train", "val")
 CHUNK_DOCS = 1 << 20
-
-
-def val_threshold(val_fraction: float) -> int:
-    """The integer t with: hash key < val_fraction * 2**64  <=>  key < t (exact, no float rounding)."""
-    return math.ceil(Fraction(val_fraction) * 2**64)
-
-
-def is_val(hashes: np.ndarray, threshold: int) -> np.ndarray:
-    """(n, 16) uint8 content hashes -> (n,) bool: which documents belong to val."""
-    keys = np.ascontiguousarray(hashes[:, :8]).view(">u8").ravel()
-    return keys < np.uint64(threshold)
 
 
 def split_store(store: TokenStore, cfg: SplitConfig, out_dir: Path, name: str) -> dict:

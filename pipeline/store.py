@@ -28,7 +28,6 @@ OFFSETS_FILE = "offsets.npy"
 HASHES_FILE = "hashes.npy"
 SHARD_PATTERN = "tokens-{:05d}.bin"
 SHARD_TOKENS = 1 << 30  # 2 GiB of uint16 per shard
-HASH_BYTES = 16
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -39,7 +38,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
 class StoreWriter:
     """Appends batches of documents (tokens back to back, lengths, hashes) to a store folder."""
 
-    def __init__(self, folder: str | Path, dtype, shard_tokens: int = SHARD_TOKENS):
+    def __init__(self, folder: str | Path, dtype, shard_tokens: int = SHARD_TOKENS, hash_bytes: int = 16):
         self.folder = Path(folder)
         self.dtype = np.dtype(dtype)
         self.shard_tokens = shard_tokens
@@ -49,7 +48,7 @@ class StoreWriter:
         self._shard = None
         self._offsets = NpyWriter(self.folder / OFFSETS_FILE, np.int64)
         self._offsets.append(np.zeros(1, dtype=np.int64))
-        self._hashes = NpyWriter(self.folder / HASHES_FILE, np.uint8, (HASH_BYTES,))
+        self._hashes = NpyWriter(self.folder / HASHES_FILE, np.uint8, (hash_bytes,))  # pipeline.hashing's width
 
     def append(self, tokens: np.ndarray, lengths: np.ndarray, hashes: np.ndarray) -> None:
         """One batch: `tokens` of all its documents concatenated, their `lengths` and `hashes` (n, 16)."""

@@ -9,7 +9,6 @@ results are written in task order, so the store is the same whatever the number 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from dataclasses import asdict
@@ -20,11 +19,12 @@ import numpy as np
 
 from pipeline.config import SourceConfig, entry_argument, load_params
 from pipeline.errors import PipelineError, cli
+from pipeline.hashing import content_hashes
 from pipeline.io import atomic_dir, sha256_dir, write_json
 from pipeline.parallel import ordered_parallel_map
 from pipeline.paths import MANIFEST_FILE, TOKENS_DIR, VOCAB_DIR
 from pipeline.sources import ReadStats, ReadTask, read_tasks, task_documents
-from pipeline.store import HASH_BYTES, StoreWriter, token_dtype
+from pipeline.store import StoreWriter, token_dtype
 from pipeline.tokenizer import Tokenizer, load_tokenizer, tokenizer_info
 
 _worker_tokenizer: Tokenizer | None = None
@@ -42,6 +42,7 @@ class Batch(NamedTuple):
 
 def _init_worker(vocab_dir: str) -> None:
     global _worker_tokenizer
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one worker per core: no thread pool inside (HF tokenizers)
     _worker_tokenizer = load_tokenizer(vocab_dir)
 
 
@@ -49,15 +50,8 @@ def encode_task(task: ReadTask) -> Batch:
     """Read, tokenize and hash one task's documents (runs in a worker)."""
     docs, stats = task_documents(task)
     tokens, lengths = _worker_tokenizer.encode_batch(docs)
-    raw = [text.encode("utf-8", "surrogatepass") for text in docs]
-    hashes = b"".join([hashlib.blake2b(data, digest_size=HASH_BYTES).digest() for data in raw])
-    return Batch(
-        tokens=tokens,
-        lengths=lengths,
-        hashes=np.frombuffer(hashes, dtype=np.uint8).reshape(-1, HASH_BYTES),
-        text_bytes=sum(map(len, raw)),
-        stats=stats,
-    )
+    hashes, text_bytes = content_hashes(docs)
+    return Batch(tokens=tokens, lengths=lengths, hashes=hashes, text_bytes=text_bytes, stats=stats)
 
 
 def tokenize_source(name: str, cfg: SourceConfig, vocab_dir: Path, out_dir: Path, workers: int) -> dict:

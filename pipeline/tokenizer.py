@@ -1,7 +1,9 @@
 """Tokenizers behind one small interface, loaded offline from the `vocab` stage's output folder.
 
-`vocab/tokenizer.json` says which kind it is (`kind`), its `name`, `vocab_size`, `eos_id` and `pad_id`:
-- tiktoken: BPE ranks in `ranks.tiktoken` (tiktoken's own file format), split pattern, special tokens;
+`vocab/spec.json` says which kind it is (`kind`), its `name`, `vocab_size`, `eos_id` and `pad_id`:
+- tiktoken: BPE ranks in `ranks.tiktoken` (tiktoken's own file format), split pattern, special tokens
+  (GPT-2, other tiktoken encodings, and a BPE trained on the sources, see `pipeline/bpe.py`);
+- hf: a Hugging Face `tokenizer.json`, through the `tokenizers` library;
 - char: the characters seen in the sources, in `chars.json`; unknown characters map to one id.
 """
 
@@ -15,9 +17,10 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 
-TOKENIZER_FILE = "tokenizer.json"
+SPEC_FILE = "spec.json"  # which tokenizer a vocab folder holds: kind, name, vocab_size, eos_id, pad_id
 RANKS_FILE = "ranks.tiktoken"
 CHARS_FILE = "chars.json"
+HF_TOKENIZER_FILE = "tokenizer.json"  # Hugging Face's format (a trained BPE keeps it beside its ranks)
 EOS_TEXT = "<|endoftext|>"
 
 
@@ -45,11 +48,13 @@ class Tokenizer(Protocol):
 class TiktokenTokenizer:
     """A tiktoken BPE (GPT-2's r50k ranks by default) built from local files only."""
 
-    def __init__(self, name: str, ranks_path: Path, pat_str: str, special_tokens: dict[str, int], eos_text: str):
+    def __init__(self, name: str, ranks_path: Path, ranks_sha256: str, pat_str: str, special_tokens: dict[str, int], eos_text: str):
         import tiktoken
         from tiktoken.load import load_tiktoken_bpe
 
-        ranks = load_tiktoken_bpe(str(ranks_path))
+        # the hash matters: tiktoken caches files by their *path*, so without it another vocabulary
+        # once loaded from the same path (data/vocab/ranks.tiktoken of another run) would come back
+        ranks = load_tiktoken_bpe(str(ranks_path), expected_hash=ranks_sha256)
         self._encoding = tiktoken.Encoding(
             name=name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens=special_tokens
         )
@@ -146,6 +151,42 @@ class CharTokenizer:
         return set(text) - self._known
 
 
+class HFTokenizer:
+    """A Hugging Face `tokenizer.json` (byte-level BPE), through the `tokenizers` library."""
+
+    def __init__(self, name: str, path: Path, eos_text: str):
+        from tokenizers import Tokenizer as Backend
+
+        self._backend = Backend.from_file(str(path))
+        self.name = name
+        self.vocab_size = self._backend.get_vocab_size(with_added_tokens=True)
+        self.eos_id = self._backend.token_to_id(eos_text)
+        if self.eos_id is None:
+            raise PipelineError(f"{path}: no token {eos_text!r} (the end-of-text token)")
+        self.pad_id = self.eos_id
+        self._dtype = np.uint16 if self.vocab_size <= 1 << 16 else np.uint32
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._backend.encode(text, add_special_tokens=False).ids, dtype=self._dtype)
+
+    def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        encodings = self._backend.encode_batch(list(texts), add_special_tokens=False)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        tokens = np.fromiter((i for e in encodings for i in e.ids), dtype=self._dtype, count=int(lengths.sum()))
+        return tokens, lengths
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._backend.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def token_bytes(self) -> np.ndarray:
+        """Byte-level BPE: each character of a token's string stands for one byte; special tokens 0."""
+        out = np.zeros(self.vocab_size, dtype=np.int64)
+        special = {t.content for t in self._backend.get_added_tokens_decoder().values() if t.special}
+        for token, i in self._backend.get_vocab(with_added_tokens=True).items():
+            out[i] = 0 if token in special else len(token)
+        return out
+
+
 def encode_one_by_one(tokenizer: Tokenizer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """`encode_batch` the slow way: `encode` per text."""
     arrays = [tokenizer.encode(text) for text in texts]
@@ -160,7 +201,7 @@ def tokenizer_info(vocab_dir: str | Path) -> dict:
 
 
 def _read_spec(vocab_dir: Path) -> dict:
-    spec_path = vocab_dir / TOKENIZER_FILE
+    spec_path = vocab_dir / SPEC_FILE
     if not spec_path.is_file():
         raise PipelineError(f"{spec_path}: not found (run `dvc repro vocab` first)")
     return json.loads(spec_path.read_text())
@@ -172,9 +213,12 @@ def load_tokenizer(vocab_dir: str | Path) -> Tokenizer:
     spec = _read_spec(vocab_dir)
     if spec["kind"] == "char":
         return CharTokenizer(json.loads((vocab_dir / CHARS_FILE).read_text())["chars"])
+    if spec["kind"] == "hf":
+        return HFTokenizer(spec["name"], vocab_dir / HF_TOKENIZER_FILE, spec["eos_text"])
     return TiktokenTokenizer(
         name=spec["name"],
         ranks_path=vocab_dir / RANKS_FILE,
+        ranks_sha256=spec["ranks_sha256"],
         pat_str=spec["pat_str"],
         special_tokens=spec["special_tokens"],
         eos_text=spec["eos_text"],

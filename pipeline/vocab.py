@@ -5,14 +5,17 @@
   package index, which ships the same bytes as `whisper/assets/gpt2.tiktoken`.
 - another tiktoken encoding: fetched through tiktoken (network or its cache), saved as ranks.
 - char: the sorted set of characters in all configured sources (from their `scan@<source>` results).
+- bpe: a byte-level BPE trained on the sources' train samples (`scan@<source>`, `pipeline/bpe.py`):
+  Hugging Face's `tokenizer.json` and, when tiktoken encodes the samples identically, its ranks.
 
-`tokenizer.json` always records `name`, `kind`, `vocab_size`, `eos_id` and `pad_id`.
+`spec.json` always records `name`, `kind`, `vocab_size`, `eos_id` and `pad_id`.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -23,8 +26,9 @@ from pathlib import Path
 from pipeline.config import TokenizerConfig, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_dir, read_json, write_json
-from pipeline.paths import SCAN_DIR, VOCAB_DIR
-from pipeline.tokenizer import CHARS_FILE, EOS_TEXT, RANKS_FILE, TOKENIZER_FILE, CharTokenizer
+from pipeline.paths import SAMPLE_FILE, SCAN_DIR, SCAN_FILE, VOCAB_DIR
+from pipeline.tokenizer import CHARS_FILE, EOS_TEXT, HF_TOKENIZER_FILE, RANKS_FILE, SPEC_FILE, CharTokenizer
+
 GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 WHISPER_SDIST = "openai-whisper==20250625"
 WHISPER_MEMBER = "whisper/assets/gpt2.tiktoken"
@@ -87,7 +91,7 @@ def _gpt2_from_whisper_sdist() -> bytes:
 
 
 def tiktoken_spec(name: str) -> tuple[dict, bytes]:
-    """tokenizer.json contents and ranks-file bytes for a tiktoken encoding."""
+    """spec.json contents and ranks-file bytes for a tiktoken encoding."""
     from tiktoken_ext.openai_public import r50k_pat_str
 
     if name == "gpt2":
@@ -105,29 +109,45 @@ def tiktoken_spec(name: str) -> tuple[dict, bytes]:
     return meta, serialize_ranks(spec["mergeable_ranks"])
 
 
-def char_vocabulary(scan_files: list[Path]) -> str:
-    """Every character the sources' scans saw, sorted by code point."""
-    seen: set[str] = set()
-    for path in scan_files:
-        if not path.is_file():
-            raise PipelineError(f"{path}: not found (run `dvc repro scan` first)")
-        scan = read_json(path)
-        if "chars" not in scan:
-            raise PipelineError(f"{path}: scanned for tokenizer '{scan.get('tokenizer')}', not char (re-run `dvc repro scan`)")
-        seen.update(scan["chars"])
-    return "".join(sorted(seen))
+def read_scans(scan_dirs: list[Path], tokenizer: str) -> list[dict]:
+    """The scan results of every source; they must have been made for `tokenizer`."""
+    scans = []
+    for folder in scan_dirs:
+        if not (folder / SCAN_FILE).is_file():
+            raise PipelineError(f"{folder / SCAN_FILE}: not found (run `dvc repro scan` first)")
+        scan = read_json(folder / SCAN_FILE)
+        if scan.get("tokenizer") != tokenizer:
+            raise PipelineError(f"{folder}: scanned for tokenizer '{scan.get('tokenizer')}', not {tokenizer} (re-run `dvc repro scan`)")
+        scans.append(scan)
+    return scans
 
 
-def build_vocab(cfg: TokenizerConfig, scan_files: list[Path], out_dir: Path) -> None:
+def samples(scan_dirs: list[Path]):
+    """The train documents the scans kept for learning a vocabulary, source after source."""
+    for folder in scan_dirs:
+        with open(folder / SAMPLE_FILE, encoding="utf-8") as handle:
+            for line in handle:
+                yield json.loads(line)
+
+
+def build_vocab(cfg: TokenizerConfig, scan_dirs: list[Path], out_dir: Path) -> None:
     """Write the tokenizer files for `cfg.name` into `out_dir` (replaced whole, atomically)."""
     if cfg.name == "char":
-        chars = char_vocabulary(scan_files)
+        chars = "".join(sorted(set().union(*(scan["chars"] for scan in read_scans(scan_dirs, "char")))))
         ids = {"vocab_size": len(chars) + 2, "eos_id": CharTokenizer.EOS_ID, "pad_id": CharTokenizer.EOS_ID}
         with atomic_dir(out_dir) as tmp:
             write_json(tmp / CHARS_FILE, {"chars": chars})
-            write_json(tmp / TOKENIZER_FILE, {"kind": "char", "name": "char", **ids})
+            write_json(tmp / SPEC_FILE, {"kind": "char", "name": "char", **ids})
+        return
+    if cfg.name == "bpe":
+        read_scans(scan_dirs, "bpe")
+        build_bpe(cfg, scan_dirs, out_dir)
         return
     meta, ranks = tiktoken_spec(cfg.name)
+    write_tiktoken(meta, ranks, out_dir)
+
+
+def write_tiktoken(meta: dict, ranks: bytes, out_dir: Path, extra_files: dict[str, bytes] | None = None) -> None:
     eos_id = meta["special_tokens"][EOS_TEXT]
     highest_rank = int(ranks.rstrip().rsplit(b" ", 1)[1])  # the file lists tokens by rank
     size = max(highest_rank, *meta["special_tokens"].values()) + 1
@@ -135,13 +155,43 @@ def build_vocab(cfg: TokenizerConfig, scan_files: list[Path], out_dir: Path) -> 
             "vocab_size": size, "eos_id": eos_id, "pad_id": eos_id}
     with atomic_dir(out_dir) as tmp:
         (tmp / RANKS_FILE).write_bytes(ranks)
-        write_json(tmp / TOKENIZER_FILE, meta)
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
+        write_json(tmp / SPEC_FILE, meta)
+
+
+def build_bpe(cfg: TokenizerConfig, scan_dirs: list[Path], out_dir: Path) -> None:
+    """Train the BPE; keep tiktoken's encoder when it agrees with `tokenizers` on every sample document."""
+    import tiktoken
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    from pipeline.bpe import check_agreement, ranks, train_bpe
+
+    texts = list(samples(scan_dirs))
+    if not texts:
+        raise PipelineError("tokenizer.name=bpe: the sources' scans hold no train documents to learn from")
+    trained = train_bpe(texts, cfg.vocab_size)
+    token_ranks, eos_id = ranks(trained), trained.token_to_id(EOS_TEXT)
+    encoding = tiktoken.Encoding("bpe", pat_str=r50k_pat_str, mergeable_ranks=token_ranks, special_tokens={EOS_TEXT: eos_id})
+    differing = check_agreement(trained, encoding, texts)
+    hf_file = {HF_TOKENIZER_FILE: trained.to_str().encode()}
+    meta = {"name": "bpe", "pat_str": r50k_pat_str, "special_tokens": {EOS_TEXT: eos_id},
+            "trained_on": {"documents": len(texts), "bytes": sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)},
+            "tiktoken_disagrees_on": differing}
+    if differing == 0:
+        write_tiktoken({"kind": "tiktoken", **meta}, serialize_ranks(token_ranks), out_dir, hf_file)
+        return
+    print(f"vocab: tiktoken encodes {differing} sample documents differently; using the slower `tokenizers`", file=sys.stderr)
+    size = trained.get_vocab_size(with_added_tokens=True)
+    with atomic_dir(out_dir) as tmp:
+        (tmp / HF_TOKENIZER_FILE).write_bytes(hf_file[HF_TOKENIZER_FILE])
+        write_json(tmp / SPEC_FILE, {"kind": "hf", **meta, "eos_text": EOS_TEXT, "vocab_size": size, "eos_id": eos_id, "pad_id": eos_id})
 
 
 @cli
 def main() -> None:
     params = load_params()
-    build_vocab(params.tokenizer, [SCAN_DIR / f"{name}.json" for name in params.sources], VOCAB_DIR)
+    build_vocab(params.tokenizer, [SCAN_DIR / name for name in params.sources], VOCAB_DIR)
 
 
 if __name__ == "__main__":

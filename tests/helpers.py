@@ -10,7 +10,8 @@ import numpy as np
 
 from pipeline.io import write_json
 from pipeline.paths import MANIFEST_FILE
-from pipeline.store import HASH_BYTES, StoreWriter, TokenStore
+from pipeline.hashing import HASH_BYTES
+from pipeline.store import StoreWriter, TokenStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,7 +22,7 @@ def write_char_vocab(path: Path, chars: str) -> Path:
     size = len(set(chars)) + 2
     (path / "chars.json").write_text(json.dumps({"chars": "".join(sorted(set(chars)))}))
     spec = {"kind": "char", "name": "char", "vocab_size": size, "eos_id": 0, "pad_id": 0}
-    (path / "tokenizer.json").write_text(json.dumps(spec))
+    (path / "spec.json").write_text(json.dumps(spec))
     return path
 
 

@@ -139,10 +139,10 @@ def test_save_load_roundtrip(tmp_path, tie):
     model = tiny(tie_weights=tie, bias=False, doc_mask=True)
     vocab = tmp_path / "vocab"
     vocab.mkdir()
-    (vocab / "tokenizer.json").write_text('{"kind": "char"}')
+    (vocab / "spec.json").write_text('{"kind": "char"}')
     model.save(tmp_path / "ckpt", tokenizer_dir=vocab)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "vocab"]  # no temp folder left
-    assert (tmp_path / "ckpt" / "tokenizer" / "tokenizer.json").is_file()
+    assert (tmp_path / "ckpt" / "tokenizer" / "spec.json").is_file()
     loaded = load_any(tmp_path / "ckpt").eval()
     assert loaded.config == model.config
     assert (loaded.lm_head.weight is loaded.transformer.wte.weight) == tie

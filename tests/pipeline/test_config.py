@@ -25,7 +25,7 @@ def default_params() -> dict:
 def test_default_params_load():
     params = load_params(REPO / "params.yaml")
     assert set(params.sources) == set(params.mix.weights)
-    assert params.tokenizer.name == "gpt2"
+    assert params.tokenizer.name == "bpe" and params.model.preset == "cpu-base"
     assert params.pack.mode in ("concat", "pad", "bestfit")
 
 
@@ -176,7 +176,7 @@ def test_the_limits_cover_the_model_side():
     [
         (lambda p: p["model"].update(preset="gpt3"), "model.preset"),
         (lambda p: p["model"].update(preset=None, n_layer=2), "model.n_head"),
-        (lambda p: p["model"].update(n_head=3), "model.n_embd"),
+        (lambda p: p["model"].update(n_head=5), "model.n_embd"),
         (lambda p: p["train"].update(lr=1e-4, min_lr=1e-3), "train.min_lr"),
         (lambda p: p["finetune"].update(lr=1e-4, min_lr=1e-3), "finetune.min_lr"),
         (lambda p: p["sample"].update(prompts=[]), "sample.prompts"),

@@ -10,7 +10,8 @@ import pytest
 from pipeline.config import SplitConfig
 from pipeline.errors import PipelineError
 from pipeline.io import read_json
-from pipeline.split import is_val, split_store, val_threshold
+from pipeline.hashing import is_val, val_threshold
+from pipeline.split import split_store
 from tests.helpers import text_hash, write_store
 
 

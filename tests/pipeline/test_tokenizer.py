@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
 
-from pipeline.config import SourceConfig, TokenizerConfig
+from pipeline.config import SourceConfig, SplitConfig, TokenizerConfig
 from pipeline.errors import PipelineError
 from pipeline.io import write_json
 from pipeline.scan import scan_source
@@ -67,9 +68,10 @@ def test_char_vocab_from_the_scans_of_the_sources(tmp_path):
     scans = []
     for name, cfg in (("a", SourceConfig(format="text", path=str(tmp_path / "a.txt"))),
                       ("b", SourceConfig(format="text", path=str(tmp_path / "b.txt"), document="paragraph"))):
-        scans.append(tmp_path / f"{name}.json")
-        write_json(scans[-1], scan_source(name, cfg, char, workers=2))
-    assert scan_source("a", SourceConfig(format="text", path="nowhere"), TokenizerConfig(name="gpt2"), 1) == {"tokenizer": "gpt2"}
+        scans.append(tmp_path / "scan" / name)
+        scan_source(name, cfg, char, SplitConfig(), scans[-1], workers=2)
+    stub = scan_source("a", SourceConfig(format="text", path="nowhere"), TokenizerConfig(name="gpt2"), SplitConfig(), tmp_path / "stub", 1)
+    assert stub == {"tokenizer": "gpt2"}
     build_vocab(char, scans, tmp_path / "vocab")
     tok = load_tokenizer(tmp_path / "vocab")
     assert isinstance(tok, CharTokenizer)
@@ -81,7 +83,7 @@ def test_char_vocab_from_the_scans_of_the_sources(tmp_path):
     assert tok.unknown_chars("hey?") == {"y", "?"}
     assert tokenizer_info(tmp_path / "vocab") == {"tokenizer": "char", "vocab_size": 10, "eos_id": 0, "pad_id": 0}
     assert tok.token_bytes().tolist() == [0, 1] + [1] * 8
-    write_json(tmp_path / "a.json", {"tokenizer": "gpt2"})
+    write_json(tmp_path / "scan" / "a" / "scan.json", {"tokenizer": "gpt2"})
     with pytest.raises(PipelineError, match="not char"):
         build_vocab(char, scans, tmp_path / "vocab2")
 
@@ -130,3 +132,59 @@ def test_other_tiktoken_encodings_fail_cleanly_offline(monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "/nonexistent-cache")
     with pytest.raises(PipelineError, match="tokenizer.name=cl100k_base"):
         tiktoken_spec("cl100k_base")
+
+
+def bpe_vocab(tmp_path, texts: list[str], vocab_size: int = 300):
+    """A trained-BPE vocab folder from a single scan sample of `texts`."""
+    scan = tmp_path / "scan" / "s"
+    scan.mkdir(parents=True)
+    write_json(scan / "scan.json", {"tokenizer": "bpe"})
+    (scan / "sample.jsonl").write_text("".join(json.dumps(t) + "\n" for t in texts))
+    build_vocab(TokenizerConfig(name="bpe", vocab_size=vocab_size), [scan], tmp_path / "vocab")
+    return tmp_path / "vocab"
+
+
+CORPUS = [f"def f{i}(x):\n    return x * {i} + {i % 7}\n\nThe value of f{i} grows with x." for i in range(300)]
+
+
+def test_bpe_is_trained_deterministically_and_encodes_like_the_hf_tokenizer(tmp_path):
+    from tokenizers import Tokenizer as HF
+
+    a, b = bpe_vocab(tmp_path / "a", CORPUS), bpe_vocab(tmp_path / "b", CORPUS)
+    assert {p.name: p.read_bytes() for p in a.iterdir()} == {p.name: p.read_bytes() for p in b.iterdir()}
+    spec = json.loads((a / "spec.json").read_text())
+    assert spec["kind"] == "tiktoken" and spec["tiktoken_disagrees_on"] == 0 and spec["vocab_size"] == 300
+    tok, hf = load_tokenizer(a), HF.from_file(str(a / "tokenizer.json"))
+    assert tok.eos_id == 0 == hf.token_to_id("<|endoftext|>")
+    for text in ["def g(y):\n    return y", "The value grows.", "ünïcödé ☕ text"]:
+        assert tok.encode(text).tolist() == hf.encode(text).ids
+        assert tok.decode(tok.encode(text)) == text
+        assert int(tok.token_bytes()[tok.encode(text)].sum()) == len(text.encode())
+    assert len(tok.encode(CORPUS[0])) < len(CORPUS[0]) / 2, "merges learned from the corpus"
+
+
+def test_hf_tokenizer_kind(tmp_path):
+    vocab = bpe_vocab(tmp_path, CORPUS)
+    spec = json.loads((vocab / "spec.json").read_text())
+    (vocab / "spec.json").write_text(json.dumps({**spec, "kind": "hf"}))  # what the vocab stage writes if tiktoken disagrees
+    hf, fast = load_tokenizer(vocab), load_tokenizer(bpe_vocab(tmp_path / "again", CORPUS))
+    texts = ["def h(z):\n    return z", "", "The value.", "a <|endoftext|> b"]
+    tokens, lengths = hf.encode_batch(texts[:3])
+    expected = [fast.encode(t).tolist() for t in texts[:3]]
+    assert lengths.tolist() == [len(e) for e in expected] and tokens.tolist() == sum(expected, [])
+    assert hf.token_bytes().tolist() == fast.token_bytes().tolist()
+    assert hf.decode(hf.encode(texts[0])) == texts[0]
+
+
+def test_vocabularies_at_the_same_path_never_mix(tmp_path, monkeypatch, gpt2_vocab):
+    """tiktoken caches files by path: a BPE saved where GPT-2's ranks once were must load as itself."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(gpt2_vocab, tmp_path / "data" / "vocab")
+    assert load_tokenizer("data/vocab").encode("Hello world").tolist() == [15496, 995]
+    bpe = bpe_vocab(tmp_path / "trained", CORPUS)
+    shutil.rmtree(tmp_path / "data" / "vocab")
+    shutil.copytree(bpe, tmp_path / "data" / "vocab")
+    assert load_tokenizer("data/vocab").encode("Hello world").tolist() == load_tokenizer(bpe).encode("Hello world").tolist()
+    assert load_tokenizer("data/vocab").vocab_size == 300
