@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from model.runtime import resolve_device
-from model.scoring import check_compatible, load_val_sets, score_blocks, tokenizer_name
+from model.scoring import check_compatible, load_val_sets, score_blocks, spread_rows, tokenizer_name
 from pipeline.blocks import Blocks, load_blocks
 from pipeline.config import EvaluateConfig, load_params
 from pipeline.errors import PipelineError, cli
@@ -34,13 +34,13 @@ def score_sources(
     token_bytes: np.ndarray,
 ) -> dict:
     """Flat metrics: loss/perplexity/tokens/bpb overall (token-weighted) and per source, on the first
-    `max_blocks` (0: all)."""
+    `max_blocks` blocks spread over each val set (0: all)."""
     doc_mask = bool(getattr(model.config, "doc_mask", False))
     metrics: dict = {}
     total, count, nbytes = 0.0, 0, 0
     for name, blocks in val.items():
-        n = len(blocks) if max_blocks <= 0 else min(max_blocks, len(blocks))
-        s, c, b = score_blocks(model, blocks, np.arange(n), batch_size, device, doc_mask, token_bytes)
+        rows = spread_rows(len(blocks), max_blocks)
+        s, c, b = score_blocks(model, blocks, rows, batch_size, device, doc_mask, token_bytes)
         metrics.update(_loss_metrics(s, c, b, f"_{name}"))
         total, count, nbytes = total + s, count + c, nbytes + b
     metrics.update(_loss_metrics(total, count, nbytes, ""))
@@ -57,8 +57,7 @@ def unigram_baseline(train: Blocks, val: dict[str, Blocks], max_blocks: int, voc
     log_probs = np.log(counts / counts.sum())
     metrics, total, count = {}, 0.0, 0
     for name, blocks in val.items():
-        n = len(blocks) if max_blocks <= 0 else min(max_blocks, len(blocks))
-        rows = blocks.batch(np.arange(n))
+        rows = blocks.batch(spread_rows(len(blocks), max_blocks))
         targets = rows["targets"][rows["loss_mask"]]
         if len(targets):
             metrics[f"unigram_loss_{name}"] = float(-log_probs[targets].mean())

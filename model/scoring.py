@@ -47,6 +47,14 @@ def load_val_sets(val_dir: str | Path) -> dict[str, Blocks]:
     return {p.name: load_blocks(p) for p in sorted(val_dir.iterdir()) if p.is_dir() and not p.name.startswith(".")}
 
 
+def spread_rows(total: int, count: int) -> np.ndarray:
+    """`count` block rows spread evenly over `total` (all when count <= 0 or >= total). Blocks follow
+    the store's document order, so the first rows alone would score a biased few documents."""
+    if count <= 0 or count >= total:
+        return np.arange(total)
+    return np.floor(np.arange(count) * (total / count)).astype(np.int64)
+
+
 @torch.no_grad()
 def summed_loss(model: torch.nn.Module, batches: Iterable[dict], device: torch.device, doc_mask: bool = False) -> tuple[float, int]:
     """Cross-entropy summed over the loss-masked targets of `batches` (numpy or torch: inputs,

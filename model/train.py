@@ -36,7 +36,7 @@ from model.optim import adamw, optimizer_step, warmup_cosine
 from model.runtime import (
     Dist, all_reduce_sum, autocast_for, gather, init_distributed, peak_flops, prepare, set_threads, shutdown,
 )
-from model.scoring import check_compatible, load_val_sets, score_blocks, tokenizer_name
+from model.scoring import check_compatible, load_val_sets, score_blocks, spread_rows, tokenizer_name
 from pipeline.blocks import Blocks, load_blocks
 from pipeline.config import ModelConfig, TrainConfig, load_params
 from pipeline.errors import PipelineError, cli
@@ -286,12 +286,11 @@ class Run:
         self.meter.new_window()
 
     def evaluate(self) -> None:
-        """Loss on the first `eval_blocks` blocks of every val set (ranks split the rows)."""
+        """Loss on `eval_blocks` blocks spread over every val set (ranks split the rows)."""
         sums = torch.zeros(max(1, len(self.data.val)), 2, dtype=torch.float64, device=self.device)
         doc_mask = bool(self.model.config.doc_mask)
         for i, (name, blocks) in enumerate(self.data.val.items()):
-            n = len(blocks) if self.cfg.eval_blocks <= 0 else min(self.cfg.eval_blocks, len(blocks))
-            rows = np.arange(n)[self.d.rank :: self.d.world]
+            rows = spread_rows(len(blocks), self.cfg.eval_blocks)[self.d.rank :: self.d.world]
             sums[i, 0], sums[i, 1], _ = score_blocks(self.eval_model, blocks, rows, self.cfg.batch_size, self.device, doc_mask)
         totals = all_reduce_sum(sums, self.d).cpu().tolist()
         per_source = {name: (s / c if c else float("nan")) for name, (s, c) in zip(self.data.val, totals)}

@@ -111,3 +111,12 @@ def test_sample_writes_n_samples_per_prompt(tmp_path, model_dir):
 def test_sample_without_model_is_one_line_error(tmp_path):
     with pytest.raises(PipelineError, match="no trained model"):
         sample(tmp_path / "nothing", tmp_path / "s.md", SampleConfig(device="cpu"), seed=1)
+
+
+def test_scored_blocks_are_spread_over_the_val_set():
+    from model.scoring import spread_rows
+
+    assert spread_rows(10, 0).tolist() == list(range(10)) == spread_rows(10, 99).tolist()
+    assert spread_rows(10, 3).tolist() == [0, 3, 6]
+    rows = spread_rows(726, 480)
+    assert len(set(rows.tolist())) == 480 and rows.max() > 700, "covers the whole set, no repeats"

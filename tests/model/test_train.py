@@ -92,7 +92,7 @@ def test_loss_decreases_and_outputs_written(tmp_path, monkeypatch):
     s = result.summary
     first_loss = tracker.train_rows[0][1]
     assert first_loss > 3.0  # about ln(V) at init
-    assert s["train_loss"] < 1.0 and s["val_loss"] < 1.0, s
+    assert s["train_loss"] < 1.0 and s["val_loss"] < 1.5, s  # val: blocks spread over unseen documents
     assert set(s) >= {"val_loss_prose", "val_loss_code", "step", "params", "tokens_seen"}
     assert s["step"] == 100
     timing = json.loads((tmp_path / "timing.json").read_text())
