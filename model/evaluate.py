@@ -80,14 +80,14 @@ def evaluate(model_dir: str | Path, val_dir: str | Path, cfg: EvaluateConfig, tr
     """Score the model saved in `model_dir` on every source under `val_dir`; return the flat metrics.
 
     With `train_dir`, also the unigram baseline of that train data (`unigram_loss[_<source>]`)."""
-    from model.gpt import GPT, TOKENIZER_DIR
+    from model.gpt import TOKENIZER_DIR, load_any
     from pipeline.tokenizer import load_tokenizer
 
     device = resolve_device(cfg.device)
     model_dir = Path(model_dir)
     if not (model_dir / "model_config.json").is_file():
         raise PipelineError(f"{model_dir}: no trained model (run `dvc repro train` first?)")
-    model = GPT.load(model_dir, map_location=device).to(device)
+    model = load_any(model_dir, map_location=device).to(device)
     trained_on = model_dir / TRAIN_MANIFEST_FILE
     tokenizer = tokenizer_name(read_json(trained_on)) if trained_on.is_file() else None
     val = load_val_sets(val_dir)

@@ -1,30 +1,39 @@
 """The `finetune` stage: instruction fine-tuning, with the loss on the response tokens only.
 
 `python -m model.finetune` reads the `finetune` params section and
-- `finetune.data` (default `data/instructions.jsonl`): Alpaca-format records, a JSON list (`.json`)
-  or one JSON object per line (`.jsonl`), each with a string `instruction`, an optional string
-  `input` and a string `output`. Other keys are ignored. A malformed record stops the stage with a
-  one-line error naming the file and the record;
+- `finetune.data` (default `data/instructions.jsonl`): records in a JSON list (`.json`) or one JSON
+  object per line (`.jsonl`): Alpaca records (a string `instruction`, an optional string `input`
+  and a string `output`) or conversations (`messages`: a list of `{"role": "system" | "user" |
+  "assistant", "content": str}` with at least one assistant turn). Other keys are ignored. A
+  malformed record stops the stage with a one-line error naming the file and the record;
 - `finetune.init_from` (default `data/model`): this project's checkpoint folder (its tokenizer is
-  in `tokenizer/`) or a Hugging Face GPT-2 folder (the tokenizer then comes from `finetune.vocab`);
+  in `tokenizer/`), a LoRA adapter folder, or a Hugging Face folder (the tokenizer then comes
+  from `finetune.vocab`);
+- `finetune.template`: how records become text (model/templates.py);
+- `finetune.lora`: null trains every weight; `{rank, alpha, dropout, targets}` trains LoRA
+  adapters on the target Linear layers only (model/lora.py);
 
 and writes
-- `data/finetuned/`: the model (`model.safetensors`, `model_config.json`), `tokenizer/`, and
-  `template.json`, the prompt template the records were rendered with. `python -m model.generate
-  --checkpoint data/finetuned --instruction "..."` renders its prompt with the same template;
-- `metrics/finetune.json`: the response loss before and after, and the train loss of each epoch.
+- `data/finetuned/`: the model (`model.safetensors`, `model_config.json`; with LoRA only the
+  adapters, `adapter.safetensors` and `adapter_config.json` naming the base folder), `tokenizer/`,
+  and `template.json`, the template the records were rendered with. `python -m model.generate
+  --checkpoint data/finetuned --instruction "..."` renders its prompt with the same template and
+  stops at its stop token; `load_any` loads either kind of folder as a full model;
+- `metrics/finetune.json`: the response loss before and after, the train loss of each epoch and
+  the number of trained parameters.
 
-Each record becomes `render_prompt(instruction, input) + output + EOS`; the loss mask covers the
-output tokens and the EOS (so the model learns to stop), never the prompt or the padding. Records
-longer than the model's context are cut at the end (reported); one whose response would be cut
-away entirely is skipped (reported). Training: AdamW (decay on 2-D weights), linear warmup then
-cosine decay over `epochs * steps_per_epoch`, gradient clipping, a seeded shuffle per epoch.
+The loss mask covers every assistant reply and the stop token that ends it (so the model learns to
+stop), never the prompts, the other turns or the padding. Records longer than the model's context
+are cut at the end (reported); one with no learned token left is skipped (reported). Training:
+AdamW (decay on 2-D weights), linear warmup then cosine decay over `epochs * steps_per_epoch`,
+gradient clipping, a seeded shuffle per epoch.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +45,11 @@ import torch
 from model.optim import adamw, optimizer_step, warmup_cosine
 from model.runtime import Dist, autocast_for, prepare, resolve_device
 from model.scoring import summed_loss
-from model.templates import DEFAULT_TEMPLATE, TEMPLATE_FILE, Template, render_prompt
+from model.lora import apply_lora, save_adapter, trainable_params
+from model.templates import (
+    DEFAULT_TEMPLATE, PROMPT, STOP, TEMPLATE_FILE, Template, get_template, instruction_messages,
+    render_segments, stop_tokens,
+)
 from pipeline.config import FinetuneConfig, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_dir, write_json
@@ -45,6 +58,7 @@ from pipeline.tokenizer import SPEC_FILE, Tokenizer, load_tokenizer
 
 METRICS_FILE = METRICS_DIR / "finetune.json"
 FIELDS = ("instruction", "input", "output")
+ROLES = ("system", "user", "assistant")
 
 
 # ---- records ---------------------------------------------------------------------------------------
@@ -52,21 +66,41 @@ FIELDS = ("instruction", "input", "output")
 
 @dataclass
 class Record:
-    """One instruction example. `where` names it in messages: 'file: line N' or 'file: record N'."""
+    """One example: an Alpaca record (instruction, optional input, output) or a conversation
+    (`messages`; instruction and output are then empty). `where` names it: 'file: line N' or 'file: record N'."""
 
     instruction: str
     output: str
     input: Optional[str] = None
     where: str = ""
+    messages: Optional[list[dict]] = None
+
+    def conversation(self) -> list[dict]:
+        """The record as messages (model/templates.py)."""
+        return self.messages if self.messages is not None else instruction_messages(self.instruction, self.input, self.output)
+
+
+def check_messages(messages: object, where: str) -> list[dict]:
+    """Validate a conversation: a list of {role, content} with at least one non-empty assistant turn."""
+    if not isinstance(messages, list) or not messages:
+        raise PipelineError(f"{where}: 'messages' must be a non-empty list of role/content objects")
+    for i, message in enumerate(messages, start=1):
+        if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
+            raise PipelineError(f"{where}: message {i} must have a 'role' ({', '.join(ROLES)}) and a string 'content'")
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        raise PipelineError(f"{where}: 'messages' has no assistant turn to learn from")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def check_record(raw: object, where: str) -> Record:
     """Validate one parsed record; raise a one-line PipelineError naming it."""
     if not isinstance(raw, dict):
         raise PipelineError(f"{where}: a record must be a JSON object, got {type(raw).__name__}")
+    if "messages" in raw:
+        return Record(instruction="", output="", where=where, messages=check_messages(raw["messages"], where))
     for name in ("instruction", "output"):
         if name not in raw:
-            raise PipelineError(f"{where}: missing '{name}' (a record needs 'instruction' and 'output', 'input' is optional)")
+            raise PipelineError(f"{where}: missing '{name}' (a record needs 'instruction' and 'output', 'input' is optional; or 'messages')")
     for name in FIELDS:
         value = raw.get(name)
         if name == "input" and value is None:
@@ -117,19 +151,27 @@ def load_records(path: str | Path) -> list[Record]:
 # ---- encoding and batches --------------------------------------------------------------------------
 
 
+def encode_segments(tokenizer: Tokenizer, segments: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of the rendered segments, and a same-length bool mask, True on response and stop tokens.
+
+    Each segment is encoded on its own; a stop becomes its token (or its text's tokens and EOS).
+    """
+    parts = [stop_tokens(tokenizer, text) if kind == STOP else tokenizer.encode(text) for text, kind in segments]
+    ids = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
+    mask = np.concatenate([np.full(len(p), kind != PROMPT) for p, (_, kind) in zip(parts, segments)])
+    return ids, mask
+
+
 def encode_example(
     tokenizer: Tokenizer, record: Record, max_len: Optional[int] = None, template: Template = DEFAULT_TEMPLATE
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of prompt + response + EOS, and a same-length bool mask, True on the response and EOS.
+    """Token ids of the rendered record, and a same-length bool mask, True on the assistant replies
+    and their stop tokens.
 
     Position i of the mask says whether token i is a target of the loss (it is predicted from the
-    tokens before it). max_len: keep only the first max_len tokens (the end of the response goes first).
+    tokens before it). max_len: keep only the first max_len tokens (the end goes first).
     """
-    prompt = np.asarray(tokenizer.encode(render_prompt(record.instruction, record.input, template)), dtype=np.int64)
-    response = np.asarray(tokenizer.encode(record.output), dtype=np.int64)
-    ids = np.concatenate([prompt, response, [tokenizer.eos_id]])
-    mask = np.zeros(len(ids), dtype=bool)
-    mask[len(prompt) :] = True
+    ids, mask = encode_segments(tokenizer, render_segments(record.conversation(), template))
     if max_len is not None:
         ids, mask = ids[:max_len], mask[:max_len]
     return ids, mask
@@ -141,7 +183,7 @@ class Encoded:
 
     examples: list[tuple[np.ndarray, np.ndarray]]
     truncated: list[str] = field(default_factory=list)  # records cut at the context length
-    skipped: list[str] = field(default_factory=list)  # records whose prompt alone fills the context
+    skipped: list[str] = field(default_factory=list)  # records with no learned token within the context
     unknown_chars: set[str] = field(default_factory=set)  # characters the tokenizer maps to 'unknown'
 
 
@@ -150,9 +192,10 @@ def encode_records(tokenizer: Tokenizer, records: Sequence[Record], max_len: int
     out = Encoded(examples=[])
     unknown = getattr(tokenizer, "unknown_chars", None)
     for record in records:
-        ids, mask = encode_example(tokenizer, record, None, template)
+        segments = render_segments(record.conversation(), template)
+        ids, mask = encode_segments(tokenizer, segments)
         if unknown is not None:
-            out.unknown_chars |= unknown(render_prompt(record.instruction, record.input, template) + record.output)
+            out.unknown_chars |= unknown("".join(text for text, _ in segments))
         if len(ids) > max_len:
             ids, mask = ids[:max_len], mask[:max_len]
             if not mask[1:].any():
@@ -232,39 +275,74 @@ def tokenizer_dir(init_from: Path, vocab: Path) -> Path:
     return vocab
 
 
-def finetune(cfg: FinetuneConfig, seed: int, out_dir: str | Path, print_fn: Callable = print) -> dict:
-    """Fine-tune `cfg.init_from` on `cfg.data`; write the checkpoint folder `out_dir` atomically; return the metrics."""
+def load_model(cfg: FinetuneConfig, init_from: Path, device: torch.device, print_fn: Callable) -> torch.nn.Module:
+    """The model to fine-tune: `init_from` as it is, or with LoRA adapters on the target layers (the rest frozen)."""
     from model.gpt import load_any
 
+    model = load_any(init_from, map_location=device, dropout=cfg.dropout)
+    total = trainable_params(model)
+    if cfg.lora is None:
+        return model
+    lora = cfg.lora
+    names = apply_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets, where="finetune.lora.targets")
+    print_fn(
+        f"finetune: LoRA rank {lora.rank} (alpha {lora.alpha:g}) on {len(names)} layers: "
+        f"{trainable_params(model):,} of {total:,} parameters train"
+    )
+    return model
+
+
+def report_encoding(encoded: Encoded, tokenizer: Tokenizer, block_size: int, print_fn: Callable) -> None:
+    """Warn about unknown characters and about records cut or skipped at the context length."""
+    if encoded.unknown_chars:
+        shown = ", ".join(repr(c) for c in sorted(encoded.unknown_chars)[:10])
+        print_fn(f"finetune: warning: characters the '{tokenizer.name}' vocabulary does not know become 'unknown': {shown}")
+    for what, where in (("cut to the model's context of", encoded.truncated), ("skipped: nothing to learn within the context of", encoded.skipped)):
+        if where:
+            print_fn(f"finetune: {len(where)} record(s) {what} {block_size} tokens, first {where[0]}")
+
+
+def write_checkpoint(model, out_dir: Path, init_from: Path, tok_dir: Path, template: Template, lora: bool) -> None:
+    """The output folder, atomically: the model (or, with LoRA, only the adapters), tokenizer/ and template.json."""
+    from model.gpt import TOKENIZER_DIR
+
+    with atomic_dir(out_dir) as tmp:
+        if lora:
+            save_adapter(model, tmp, base=init_from, final_folder=out_dir)
+            shutil.copytree(tok_dir, tmp / TOKENIZER_DIR)
+        else:
+            model.save_files(tmp, tok_dir)
+        write_json(tmp / TEMPLATE_FILE, template.to_dict())
+
+
+def finetune(cfg: FinetuneConfig, seed: int, out_dir: str | Path, print_fn: Callable = print) -> dict:
+    """Fine-tune `cfg.init_from` on `cfg.data`; write the checkpoint folder `out_dir` atomically; return the metrics."""
     out_dir, init_from = Path(out_dir), Path(cfg.init_from)
     records = load_records(cfg.data)
     if not init_from.is_dir():
         raise PipelineError(f"finetune.init_from: {init_from} is not a folder (train a model first, or point it at a Hugging Face GPT-2 folder)")
+    if cfg.lora is not None and init_from.resolve() == out_dir.resolve():
+        raise PipelineError(f"finetune.init_from: {init_from} is also the output folder, and LoRA adapters need their base kept")
     tok_dir = tokenizer_dir(init_from, Path(cfg.vocab))
     tokenizer = load_tokenizer(tok_dir)
+    template = get_template(cfg.template, [init_from, tok_dir])
     device = resolve_device(cfg.device)
     prepare(device)
     torch.manual_seed(seed)
-    model = load_any(init_from, map_location=device, dropout=cfg.dropout)
+    model = load_model(cfg, init_from, device, print_fn)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise PipelineError(
             f"{tok_dir}: tokenizer '{tokenizer.name}' has {tokenizer.vocab_size} tokens, the model in {init_from} only {model.config.vocab_size}"
         )
-    template = DEFAULT_TEMPLATE
     encoded = encode_records(tokenizer, records, model.config.block_size + 1, template)
-    if encoded.unknown_chars:
-        shown = ", ".join(repr(c) for c in sorted(encoded.unknown_chars)[:10])
-        print_fn(f"finetune: warning: characters the '{tokenizer.name}' vocabulary does not know become 'unknown': {shown}")
-    for what, where in (("cut to the model's context of", encoded.truncated), ("skipped: the prompt alone fills the context of", encoded.skipped)):
-        if where:
-            print_fn(f"finetune: {len(where)} record(s) {what} {model.config.block_size} tokens, first {where[0]}")
+    report_encoding(encoded, tokenizer, model.config.block_size, print_fn)
     examples = encoded.examples
     if not examples:
         raise PipelineError(f"{cfg.data}: no record fits the model's context of {model.config.block_size} tokens")
     pad_id = tokenizer.pad_id
     print_fn(
-        f"finetune: {len(examples)} records from {cfg.data}, {model.num_params() / 1e6:.2f}M params from {init_from}, "
-        f"{cfg.epochs} epochs of {math.ceil(len(examples) / cfg.batch_size)} steps on {device}"
+        f"finetune: {len(examples)} records from {cfg.data} ({template.name} template), {model.num_params() / 1e6:.2f}M params "
+        f"from {init_from}, {cfg.epochs} epochs of {math.ceil(len(examples) / cfg.batch_size)} steps on {device}"
     )
     before = response_loss(model, examples, pad_id, cfg.batch_size, device)
     print_fn(f"finetune: response loss before {before:.4f}")
@@ -272,20 +350,18 @@ def finetune(cfg: FinetuneConfig, seed: int, out_dir: str | Path, print_fn: Call
     after = response_loss(model, examples, pad_id, cfg.batch_size, device)
     print_fn(f"finetune: response loss after {after:.4f}")
     model.eval()
-    with atomic_dir(out_dir) as tmp:
-        model.save_files(tmp, tok_dir)
-        write_json(tmp / TEMPLATE_FILE, template.to_dict())
-    metrics = {
+    write_checkpoint(model, out_dir, init_from, tok_dir, template, lora=cfg.lora is not None)
+    return {
         "records": len(examples),
         "truncated": len(encoded.truncated),
         "skipped": len(encoded.skipped),
         "steps": cfg.epochs * math.ceil(len(examples) / cfg.batch_size),
+        "trained_params": trainable_params(model),
         "loss_before": before,
         "loss_after": after,
         "train_loss": epoch_losses[-1],
         **{f"train_loss_epoch_{i}": v for i, v in enumerate(epoch_losses, start=1)},
     }
-    return metrics
 
 
 @cli

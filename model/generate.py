@@ -6,9 +6,10 @@ The checkpoint is a tinyGPT folder (model.safetensors + model_config.json, with 
 `tokenizer/`) or a Hugging Face GPT-2 folder, whose tokenizer comes from `--vocab`.
 `sample_texts` is the reusable core (the `sample` stage imports it).
 
-A fine-tuned checkpoint (`python -m model.finetune`, with `template.json`) also takes
-`--instruction TEXT` (and optionally `--input TEXT`) instead of `--prompt`: the prompt is rendered
-with the template the model was fine-tuned with, and only the response is printed.
+A fine-tuned checkpoint (`python -m model.finetune`, with `template.json`; a LoRA adapter folder
+too) also takes `--instruction TEXT` (and optionally `--input TEXT`) instead of `--prompt`: the
+prompt is rendered with the template the model was fine-tuned with, generation stops at the
+template's stop token (or EOS), and only the response is printed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 from model.gpt import GPT, TOKENIZER_DIR, load_any
 from model.runtime import resolve_device
-from model.templates import load_template, render_prompt
+from model.templates import cut_at_stop, load_template, render_prompt, stop_ids
 from pipeline.errors import PipelineError, cli
 from pipeline.tokenizer import SPEC_FILE, Tokenizer, load_tokenizer
 
@@ -50,11 +51,12 @@ def sample_texts(
     top_k: Optional[int],
     top_p: Optional[float],
     seed: int,
+    stops: Optional[Sequence[int]] = None,
 ) -> list[str]:
     """n samples per prompt, prompt-major: [p0 s0, p0 s1, ..., p1 s0, ...].
 
-    Each text is the prompt followed by its continuation, cut before the first EOS.
-    Deterministic for a given seed (and device).
+    Each text is the prompt followed by its continuation, cut before the first stop id (`stops`,
+    default: EOS). Deterministic for a given seed (and device).
     """
     if n < 1:
         raise PipelineError(f"number of samples must be >= 1, got {n}")
@@ -64,17 +66,17 @@ def sample_texts(
         raise PipelineError(
             f"tokenizer '{tokenizer.name}' has {tokenizer.vocab_size} tokens, the model only {model.config.vocab_size}"
         )
-    device = model.transformer.wte.weight.device
+    device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
+    stops = list(stops or [tokenizer.eos_id])
     texts = []
     for prompt in prompts:
         ids = encode_prompt(tokenizer, prompt, model.config.block_size)
         idx = torch.tensor([ids] * n, dtype=torch.long, device=device)  # (n, T)
-        out = model.generate(idx, max_new_tokens, temperature, top_k, top_p, eos_id=tokenizer.eos_id, generator=generator)
+        out = model.generate(idx, max_new_tokens, temperature, top_k, top_p, eos_id=stops, generator=generator)
         for row in out[:, len(ids) :].tolist():
-            if tokenizer.eos_id in row:
-                row = row[: row.index(tokenizer.eos_id)]
-            texts.append(prompt + tokenizer.decode(row))
+            ends = [i for i, token in enumerate(row) if token in stops]
+            texts.append(prompt + tokenizer.decode(row[: ends[0]] if ends else row))
     return texts
 
 
@@ -108,21 +110,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    prompt = args.prompt
+    prompt, template = args.prompt, None
     if args.instruction is not None:
         if args.prompt:
             raise PipelineError("pass either --prompt or --instruction, not both")
-        prompt = render_prompt(args.instruction, args.input, load_template(args.checkpoint))
+        template = load_template(args.checkpoint)
+        prompt = render_prompt(args.instruction, args.input, template)
     elif args.input is not None:
         raise PipelineError("--input needs --instruction")
     tokenizer = resolve_tokenizer(args.checkpoint, args.vocab)
     model = load_any(args.checkpoint, map_location=device).eval()
     texts = sample_texts(
         model, tokenizer, [prompt], args.num_samples, args.max_new_tokens,
-        args.temperature, args.top_k, args.top_p, args.seed,
+        args.temperature, args.top_k, args.top_p, args.seed, stop_ids(tokenizer, template) if template else None,
     )
-    if args.instruction is not None:  # the response only (sample_texts already stops at EOS)
-        texts = [text[len(prompt) :] for text in texts]
+    if template is not None:  # the response only, up to the template's stop
+        texts = [cut_at_stop(text[len(prompt) :], template) for text in texts]
     for i, text in enumerate(texts):
         if i:
             print("\n---------------")

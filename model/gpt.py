@@ -18,7 +18,7 @@ import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -73,17 +73,17 @@ class GPTConfig:
             **model_cfg.shape(),
         )
 
-    @classmethod
-    def from_dict(cls, data: dict, source: str) -> "GPTConfig":
-        """Read the dict written to model_config.json; unknown or missing keys name `source`."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise PipelineError(f"{source}: unknown key '{unknown[0]}'")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise PipelineError(f"{source}: {exc}") from None
+
+def config_from_dict(config_class: type, data: dict, source: str):
+    """A model config dataclass from the dict written to model_config.json; unknown or missing
+    keys give a one-line error naming `source`."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(config_class)})
+    if unknown:
+        raise PipelineError(f"{source}: unknown key '{unknown[0]}'")
+    try:
+        return config_class(**data)
+    except TypeError as exc:
+        raise PipelineError(f"{source}: {exc}") from None
 
 
 class KVCache:
@@ -179,8 +179,180 @@ def document_mask(segment_ids: torch.Tensor) -> torch.Tensor:
     return (same & causal).unsqueeze(1)
 
 
-class GPT(nn.Module):
+class Decoder(nn.Module):
+    """What GPT-2 and the Llama layout (model/llama.py) share: the loss with document masking, the
+    decoding loop and our checkpoint format. A subclass sets CONFIG (its config class), ARCH (the
+    "arch" written to model_config.json) and EMBEDDING (the token embedding's parameter name, which
+    a tied output layer shares), and defines `config`, `lm_head`, `_hidden` and `_new_caches`."""
+
+    CONFIG: type
+    ARCH: str
+    EMBEDDING: str
+
+    def forward(self, idx, targets=None, loss_mask=None, segment_ids=None):
+        """Logits (B, T, vocab) for tokens idx (B, T), and the mean loss when targets (B, T) are given.
+
+        loss_mask (B, T) bool: only True positions count in the loss (all when None).
+        segment_ids (B, T): when given, attention stays inside each segment and positions restart at
+        0 at every segment start, so each packed document sees only itself.
+        """
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise PipelineError(f"input of {T} tokens is longer than the model's block_size {self.config.block_size}")
+        if segment_ids is None:
+            pos = torch.arange(T, device=idx.device)  # (T,)
+            x = self._hidden(idx, pos)
+        else:
+            if segment_ids.shape != idx.shape:
+                raise ValueError(f"segment_ids {tuple(segment_ids.shape)} do not match idx {tuple(idx.shape)}")
+            x = self._hidden(idx, segment_positions(segment_ids), document_mask(segment_ids), is_causal=False)
+        logits = self.lm_head(x)  # (B, T, vocab)
+        if targets is None:
+            return logits, None
+        if loss_mask is not None:
+            targets = targets.masked_fill(~loss_mask.bool(), -100)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum")
+        count = (targets != -100).sum().clamp(min=1)
+        return logits, loss / count
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        """State dict for saving: detached, contiguous, CPU, one copy of tied weights."""
+        state = self.state_dict()
+        if self.config.tie_weights:
+            state.pop("lm_head.weight")
+        return {name: t.detach().cpu().contiguous() for name, t in state.items()}
+
+    def save_files(self, folder: str | Path, tokenizer_dir: str | Path | None = None) -> None:
+        """Write model.safetensors + model_config.json (+ a copy of tokenizer_dir as `tokenizer/`) into an
+        existing folder (not atomic: for callers that build a larger checkpoint inside their own `atomic_dir`)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        save_file(self._tensors(), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+        write_json(folder / CONFIG_FILE, {"arch": self.ARCH, **dataclasses.asdict(self.config)})
+        if tokenizer_dir is not None:
+            shutil.copytree(tokenizer_dir, folder / TOKENIZER_DIR)
+
+    def save(self, path: str | Path, tokenizer_dir: str | Path | None = None) -> None:
+        """Write our checkpoint folder atomically, with a copy of tokenizer_dir as `tokenizer/`."""
+        with atomic_dir(path) as tmp:
+            self.save_files(tmp, tokenizer_dir)
+
+    @classmethod
+    def load(cls, path: str | Path, map_location="cpu", dropout: Optional[float] = None) -> "Decoder":
+        """Load a folder written by `save` (float32 weights). dropout: override the saved value."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (path / name).is_file():
+                raise PipelineError(f"{path / name}: not found (not a tinyGPT checkpoint folder)")
+        data = json.loads((path / CONFIG_FILE).read_text())
+        arch = data.pop("arch", "gpt2")  # checkpoints from before the Llama layout have no "arch"
+        if arch != cls.ARCH:
+            raise PipelineError(f"{path / CONFIG_FILE}: a '{arch}' checkpoint, not '{cls.ARCH}' (load it with load_any)")
+        if dropout is not None:
+            data["dropout"] = dropout
+        config = config_from_dict(cls.CONFIG, data, str(path / CONFIG_FILE))
+        return cls._from_tensors(config, load_file(str(path / WEIGHTS_FILE)), str(path / WEIGHTS_FILE), map_location)
+
+    @classmethod
+    def _from_tensors(cls, config, tensors: dict, source: str, map_location) -> "Decoder":
+        """Build a model from a state dict, checking names and shapes first (one-line errors)."""
+        with torch.device("meta"):
+            model = cls(config)  # no memory, no random init: every tensor comes from the checkpoint
+        expected = model.state_dict()
+        if config.tie_weights:
+            expected.pop("lm_head.weight")
+            tensors.pop("lm_head.weight", None)
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            what = f"missing tensor '{missing[0]}'" if missing else f"unexpected tensor '{unexpected[0]}'"
+            raise PipelineError(f"{source}: {what} for a model with {config.n_layer} layers (checkpoint does not match its config)")
+        for name, want in expected.items():
+            if tuple(tensors[name].shape) != tuple(want.shape):
+                raise PipelineError(
+                    f"{source}: tensor '{name}' has shape {tuple(tensors[name].shape)}, the config implies {tuple(want.shape)}"
+                )
+        state = {name: t.to(device=map_location, dtype=torch.float32) for name, t in tensors.items()}
+        if config.tie_weights:
+            state["lm_head.weight"] = state[cls.EMBEDDING]
+        model.load_state_dict(state, assign=True)
+        if config.tie_weights:
+            model.lm_head.weight = model.get_parameter(cls.EMBEDDING)
+        return model
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        eos_id: Optional[int | Sequence[int]] = None,
+        generator: Optional[torch.Generator] = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Continue idx (B, T) by up to max_new_tokens tokens; returns (B, T + new).
+
+        temperature 0 is greedy. top_k keeps the k likeliest tokens, top_p the smallest set whose
+        probability reaches p. With eos_id (one id or several stop ids), a sequence that produced
+        one gets the first of them from then on, and generation stops once every sequence has. The model reads at most the last block_size
+        tokens. With the cache, the prompt window is encoded once and each step feeds one token;
+        once the cache is full (block_size positions), each further step re-encodes the last
+        block_size tokens, exactly as without the cache. Same generator seed -> same output
+        with and without the cache. Runs in eval mode (restored afterwards).
+        """
+        if temperature < 0:
+            raise PipelineError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise PipelineError(f"top_k must be >= 1, got {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise PipelineError(f"top_p must be in (0, 1], got {top_p}")
+        was_training = self.training
+        self.eval()
+        try:
+            return self._generate(idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator, use_cache)
+        finally:
+            self.train(was_training)
+
+    def _generate(self, idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator, use_cache):
+        """The decoding loop of `generate`."""
+        bs = self.config.block_size
+        out = idx
+        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        stops = None if eos_id is None else torch.tensor(eos_id, device=idx.device).flatten()  # (S,)
+        caches: Optional[list[KVCache]] = None
+        for _ in range(max_new_tokens):
+            if use_cache and caches is None:
+                window = out[:, -bs:]
+                caches = self._new_caches()
+                x = self._hidden(window, torch.arange(window.size(1), device=idx.device), caches=caches)
+            elif use_cache and caches[0].pos < bs:
+                pos = torch.tensor([caches[0].pos], device=idx.device)
+                x = self._hidden(out[:, -1:], pos, is_causal=False, caches=caches)  # one query sees all keys
+            else:
+                window = out[:, -bs:]
+                x = self._hidden(window, torch.arange(window.size(1), device=idx.device))
+            logits = self.lm_head(x[:, -1, :])  # (B, vocab)
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
+            if stops is not None:
+                nxt = nxt.masked_fill(done[:, None], int(stops[0]))
+                done |= torch.isin(nxt[:, 0], stops)
+            out = torch.cat([out, nxt], dim=1)
+            if stops is not None and bool(done.all()):
+                break
+        return out
+
+
+class GPT(Decoder):
     """GPT-2 language model."""
+
+    CONFIG = GPTConfig
+    ARCH = "gpt2"
+    EMBEDDING = "transformer.wte.weight"
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -210,40 +382,12 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    # ---- forward -------------------------------------------------------------------------------
-
     def _hidden(self, idx, pos, attn_mask=None, is_causal=True, caches=None) -> torch.Tensor:
         """Final (layer-normed) hidden states (B, T, C) for tokens idx (B, T) at positions pos."""
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
             x = block(x, attn_mask, is_causal, None if caches is None else caches[i])
         return self.transformer.ln_f(x)
-
-    def forward(self, idx, targets=None, loss_mask=None, segment_ids=None):
-        """Logits (B, T, vocab) for tokens idx (B, T), and the mean loss when targets (B, T) are given.
-
-        loss_mask (B, T) bool: only True positions count in the loss (all when None).
-        segment_ids (B, T): when given, attention stays inside each segment and positions restart at
-        0 at every segment start, so each packed document sees only itself.
-        """
-        B, T = idx.shape
-        if T > self.config.block_size:
-            raise PipelineError(f"input of {T} tokens is longer than the model's block_size {self.config.block_size}")
-        if segment_ids is None:
-            pos = torch.arange(T, device=idx.device)  # (T,)
-            x = self._hidden(idx, pos)
-        else:
-            if segment_ids.shape != idx.shape:
-                raise ValueError(f"segment_ids {tuple(segment_ids.shape)} do not match idx {tuple(idx.shape)}")
-            x = self._hidden(idx, segment_positions(segment_ids), document_mask(segment_ids), is_causal=False)
-        logits = self.lm_head(x)  # (B, T, vocab)
-        if targets is None:
-            return logits, None
-        if loss_mask is not None:
-            targets = targets.masked_fill(~loss_mask.bool(), -100)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum")
-        count = (targets != -100).sum().clamp(min=1)
-        return logits, loss / count
 
     # ---- accounting ----------------------------------------------------------------
 
@@ -262,72 +406,7 @@ class GPT(nn.Module):
         T = seq_len or self.config.block_size
         return 6 * self.num_params() + 12 * self.config.n_layer * self.config.n_embd * T
 
-    # ---- checkpoints ---------------------------------------------------------------------------
-
-    def _tensors(self) -> dict[str, torch.Tensor]:
-        """State dict for saving: detached, contiguous, CPU, one copy of tied weights."""
-        state = self.state_dict()
-        if self.config.tie_weights:
-            state.pop("lm_head.weight")
-        return {name: t.detach().cpu().contiguous() for name, t in state.items()}
-
-    def save_files(self, folder: str | Path, tokenizer_dir: str | Path | None = None) -> None:
-        """Write model.safetensors + model_config.json (+ a copy of tokenizer_dir as `tokenizer/`) into an
-        existing folder (not atomic: for callers that build a larger checkpoint inside their own `atomic_dir`)."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        save_file(self._tensors(), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-        write_json(folder / CONFIG_FILE, dataclasses.asdict(self.config))
-        if tokenizer_dir is not None:
-            shutil.copytree(tokenizer_dir, folder / TOKENIZER_DIR)
-
-    def save(self, path: str | Path, tokenizer_dir: str | Path | None = None) -> None:
-        """Write our checkpoint folder atomically, with a copy of tokenizer_dir as `tokenizer/`."""
-        with atomic_dir(path) as tmp:
-            self.save_files(tmp, tokenizer_dir)
-
-    @classmethod
-    def load(cls, path: str | Path, map_location="cpu", dropout: Optional[float] = None) -> "GPT":
-        """Load a folder written by `save` (float32 weights). dropout: override the saved value."""
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (path / name).is_file():
-                raise PipelineError(f"{path / name}: not found (not a tinyGPT checkpoint folder)")
-        data = json.loads((path / CONFIG_FILE).read_text())
-        if dropout is not None:
-            data["dropout"] = dropout
-        config = GPTConfig.from_dict(data, str(path / CONFIG_FILE))
-        return cls._from_tensors(config, load_file(str(path / WEIGHTS_FILE)), str(path / WEIGHTS_FILE), map_location)
-
-    @classmethod
-    def _from_tensors(cls, config: GPTConfig, tensors: dict, source: str, map_location) -> "GPT":
-        """Build a model from a state dict, checking names and shapes first (one-line errors)."""
-        with torch.device("meta"):
-            model = cls(config)  # no memory, no random init: every tensor comes from the checkpoint
-        expected = model.state_dict()
-        if config.tie_weights:
-            expected.pop("lm_head.weight")
-            tensors.pop("lm_head.weight", None)
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            what = f"missing tensor '{missing[0]}'" if missing else f"unexpected tensor '{unexpected[0]}'"
-            raise PipelineError(f"{source}: {what} for a model with {config.n_layer} layers (checkpoint does not match its config)")
-        for name, want in expected.items():
-            if tuple(tensors[name].shape) != tuple(want.shape):
-                raise PipelineError(
-                    f"{source}: tensor '{name}' has shape {tuple(tensors[name].shape)}, the config implies {tuple(want.shape)}"
-                )
-        state = {name: t.to(device=map_location, dtype=torch.float32) for name, t in tensors.items()}
-        if config.tie_weights:
-            state["lm_head.weight"] = state["transformer.wte.weight"]
-        model.load_state_dict(state, assign=True)
-        if config.tie_weights:
-            model.lm_head.weight = model.transformer.wte.weight
-        return model
+    # ---- Hugging Face ----------------------------------------------------------------------------
 
     def save_hf(self, path: str | Path, eos_id: Optional[int] = None) -> None:
         """Write a Hugging Face GPT-2 folder (config.json + model.safetensors) atomically.
@@ -406,70 +485,6 @@ class GPT(nn.Module):
             ours[name] = t.t() if name.endswith(HF_CONV1D) else t
         return cls._from_tensors(config, ours, weights, map_location)
 
-    # ---- generation ------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def generate(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        eos_id: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
-        use_cache: bool = True,
-    ) -> torch.Tensor:
-        """Continue idx (B, T) by up to max_new_tokens tokens; returns (B, T + new).
-
-        temperature 0 is greedy. top_k keeps the k likeliest tokens, top_p the smallest set whose
-        probability reaches p. With eos_id, a sequence that produced EOS gets EOS from then on,
-        and generation stops once every sequence has. The model reads at most the last block_size
-        tokens. With the cache, the prompt window is encoded once and each step feeds one token;
-        once the cache is full (block_size positions), each further step re-encodes the last
-        block_size tokens, exactly as without the cache. Same generator seed -> same output
-        with and without the cache. Runs in eval mode (restored afterwards).
-        """
-        if temperature < 0:
-            raise PipelineError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise PipelineError(f"top_k must be >= 1, got {top_k}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise PipelineError(f"top_p must be in (0, 1], got {top_p}")
-        was_training = self.training
-        self.eval()
-        try:
-            return self._generate(idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator, use_cache)
-        finally:
-            self.train(was_training)
-
-    def _generate(self, idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator, use_cache):
-        """The decoding loop of `generate`."""
-        bs = self.config.block_size
-        out = idx
-        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        caches: Optional[list[KVCache]] = None
-        for _ in range(max_new_tokens):
-            if use_cache and caches is None:
-                window = out[:, -bs:]
-                caches = self._new_caches()
-                x = self._hidden(window, torch.arange(window.size(1), device=idx.device), caches=caches)
-            elif use_cache and caches[0].pos < bs:
-                pos = torch.tensor([caches[0].pos], device=idx.device)
-                x = self._hidden(out[:, -1:], pos, is_causal=False, caches=caches)  # one query sees all keys
-            else:
-                window = out[:, -bs:]
-                x = self._hidden(window, torch.arange(window.size(1), device=idx.device))
-            logits = self.lm_head(x[:, -1, :])  # (B, vocab)
-            nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
-            if eos_id is not None:
-                nxt = nxt.masked_fill(done[:, None], eos_id)
-                done |= nxt[:, 0] == eos_id
-            out = torch.cat([out, nxt], dim=1)
-            if eos_id is not None and bool(done.all()):
-                break
-        return out
-
     def _new_caches(self) -> list[KVCache]:
         return [KVCache(self.config.block_size) for _ in range(self.config.n_layer)]
 
@@ -517,8 +532,17 @@ def _read_hf_tensors(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     raise PipelineError(f"{path}: no {' or '.join(HF_WEIGHT_FILES)} found")
 
 
-def load_any(path: str | Path, map_location="cpu", dropout: Optional[float] = None) -> GPT:
-    """Load our checkpoint folder (model_config.json) or a Hugging Face GPT-2 folder (config.json)."""
+def load_any(path: str | Path, map_location="cpu", dropout: Optional[float] = None) -> nn.Module:
+    """Load any model folder: ours (GPT-2 or Llama layout), a Hugging Face one (GPT-2, Llama,
+    Qwen2, Mistral) or a LoRA adapter folder (model/lora.py: the base with the adapters merged).
+    The Llama side lives in model/llama.py."""
+    from model.llama import load_any as load_either
+
+    return load_either(path, map_location, dropout)
+
+
+def load_gpt2(path: str | Path, map_location="cpu", dropout: Optional[float] = None) -> GPT:
+    """Load our GPT-2 checkpoint folder (model_config.json) or a Hugging Face GPT-2 folder (config.json)."""
     path = Path(path)
     if (path / CONFIG_FILE).is_file():
         return GPT.load(path, map_location, dropout)

@@ -20,7 +20,7 @@ from pipeline.paths import MODEL_DIR, SAMPLES_FILE
 def generate_samples(model_dir: str | Path, cfg: SampleConfig, seed: int) -> list[tuple[str, list[str]]]:
     """For each prompt, `cfg.num_samples` generated texts."""
     from model.generate import sample_texts
-    from model.gpt import GPT
+    from model.gpt import load_any
     from pipeline.tokenizer import load_tokenizer
 
     model_dir = Path(model_dir)
@@ -29,7 +29,7 @@ def generate_samples(model_dir: str | Path, cfg: SampleConfig, seed: int) -> lis
     if cfg.num_samples < 1 or cfg.max_new_tokens < 0 or not cfg.prompts:
         raise PipelineError("sample: need at least one prompt, num_samples >= 1 and max_new_tokens >= 0")
     device = resolve_device(cfg.device)
-    model = GPT.load(model_dir, map_location=device).to(device)
+    model = load_any(model_dir, map_location=device).to(device)
     tokenizer = load_tokenizer(model_dir / "tokenizer")
     texts = sample_texts(
         model, tokenizer, cfg.prompts, cfg.num_samples, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, seed

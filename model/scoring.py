@@ -12,6 +12,9 @@ import torch
 from model.runtime import autocast_for
 from pipeline.blocks import Blocks, load_blocks
 from pipeline.errors import PipelineError
+from pipeline.io import read_json
+from pipeline.paths import TRAIN_MANIFEST_FILE
+from pipeline.tokenizer import HF_TOKENIZER_FILE, hf_tokenizer_name
 
 
 def tokenizer_name(manifest: dict) -> Optional[str]:
@@ -22,6 +25,16 @@ def tokenizer_name(manifest: dict) -> Optional[str]:
     return value
 
 
+def folder_tokenizer(folder: Path) -> Optional[str]:
+    """The tokenizer a model folder was trained with: its train manifest's, else the content-hash
+    name of a Hugging Face folder's `tokenizer.json`, else unknown (None)."""
+    if (folder / TRAIN_MANIFEST_FILE).is_file():
+        return tokenizer_name(read_json(folder / TRAIN_MANIFEST_FILE))
+    if (folder / HF_TOKENIZER_FILE).is_file():
+        return hf_tokenizer_name(folder / HF_TOKENIZER_FILE)
+    return None
+
+
 def check_compatible(
     manifest: dict, where: str | Path, vocab_size: int, block_size: int, tokenizer: Optional[str], model_label: str
 ) -> None:
@@ -29,7 +42,9 @@ def check_compatible(
     data_tok = tokenizer_name(manifest)
     if tokenizer is not None and data_tok is not None and data_tok != tokenizer:
         raise PipelineError(f"{where}: data tokenized with '{data_tok}' but {model_label} uses '{tokenizer}'")
-    if int(manifest["vocab_size"]) != vocab_size:
+    # A Hugging Face model's embedding may be padded past its tokenizer (same tokenizer.json, checked by hash).
+    same_hf_file = tokenizer is not None and tokenizer == data_tok and tokenizer.startswith("hf-")
+    if int(manifest["vocab_size"]) > vocab_size or (int(manifest["vocab_size"]) != vocab_size and not same_hf_file):
         raise PipelineError(
             f"{where}: vocab size {manifest['vocab_size']} does not match {model_label} (vocab size {vocab_size})"
         )

@@ -36,18 +36,18 @@ from model.optim import adamw, optimizer_step, warmup_cosine
 from model.runtime import (
     Dist, all_reduce_sum, autocast_for, gather, init_distributed, peak_flops, prepare, set_threads, shutdown,
 )
-from model.scoring import check_compatible, load_val_sets, score_blocks, spread_rows, tokenizer_name
+from model.scoring import check_compatible, folder_tokenizer, load_val_sets, score_blocks, spread_rows, tokenizer_name
 from pipeline.blocks import Blocks, load_blocks
 from pipeline.config import ModelConfig, TrainConfig, load_params
 from pipeline.errors import PipelineError, cli
-from pipeline.io import atomic_dir, read_json, write_json
+from pipeline.io import atomic_dir, write_json
 from pipeline.paths import (
     CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, MODEL_DIR, TRAIN_BLOCKS, TRAIN_MANIFEST_FILE, VAL_BLOCKS, VOCAB_DIR, WANDB_DIR,
 )
 
 # train.* keys that do not change the trajectory: a checkpoint stays resumable when only these change
 OPERATIONAL_KEYS = ("device", "threads", "compile", "log_interval", "eval_interval", "eval_blocks", "checkpoint_interval", "peak_flops")
-TRAJECTORY_CODE = ("model/train.py", "model/optim.py", "model/gpt.py", "pipeline/blocks.py", "pipeline/store.py", "pipeline/arrays.py")
+TRAJECTORY_CODE = ("model/train.py", "model/optim.py", "model/gpt.py", "model/llama.py", "pipeline/blocks.py", "pipeline/store.py", "pipeline/arrays.py")
 
 
 @dataclass
@@ -136,18 +136,19 @@ def load_data(train_dir: Path, val_dir: Path, vocab_dir: Optional[Path]) -> Trai
 def build_model(seed: int, model_cfg: ModelConfig, cfg: TrainConfig, manifest: dict, train_dir: Path):
     """A fresh model shaped by `model` params and the data, or `init_from`; checked against the data."""
     from model.gpt import GPT, GPTConfig, load_any
+    from model.llama import Llama, LlamaConfig
 
     torch.manual_seed(seed)
     if cfg.init_from is None:
-        model = GPT(GPTConfig.from_params(model_cfg, int(manifest["vocab_size"]), int(manifest["context_length"])))
+        model_class, config_class = (Llama, LlamaConfig) if model_cfg.arch == "llama" else (GPT, GPTConfig)
+        model = model_class(config_class.from_params(model_cfg, int(manifest["vocab_size"]), int(manifest["context_length"])))
         label, tokenizer = "the model", None
     else:
         source = Path(cfg.init_from)
         if not source.is_dir():
             raise PipelineError(f"train.init_from: {source} is not a folder")
         model = load_any(source, dropout=model_cfg.dropout)
-        trained_on = source / TRAIN_MANIFEST_FILE
-        tokenizer = tokenizer_name(read_json(trained_on)) if trained_on.is_file() else None
+        tokenizer = folder_tokenizer(source)
         label = f"train.init_from {source}"
     check_compatible(manifest, train_dir, model.config.vocab_size, model.config.block_size, tokenizer, label)
     return model
@@ -226,9 +227,7 @@ class Run:
         if found is None:
             return
         path, state = found
-        from model.gpt import GPT
-
-        self.model.load_state_dict(GPT.load(path, map_location=self.device).state_dict())
+        self.model.load_state_dict(type(self.model).load(path, map_location=self.device).state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         rngs = state["rng"]
         set_rng_state(rngs[self.d.rank] if self.d.rank < len(rngs) else rngs[0], self.device)

@@ -33,6 +33,12 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
     "cpu-base": dict(n_layer=6, n_head=6, n_embd=192),  # the default run: ~3.5M params with a 4k vocabulary
     "cpu-medium": dict(n_layer=6, n_head=6, n_embd=384),
 }
+# Llama-layout shapes (`model.arch: llama`): also key/value heads, the SwiGLU width and the RoPE base.
+LLAMA_PRESETS: dict[str, dict[str, int]] = {
+    "llama-cpu": dict(n_layer=6, n_head=6, n_kv_head=2, n_embd=192, intermediate_size=512, rope_theta=10000),
+    "smollm2-135m": dict(n_layer=30, n_head=9, n_kv_head=3, n_embd=576, intermediate_size=1536, rope_theta=100000),
+}
+PRESETS = {"gpt2": MODEL_PRESETS, "llama": LLAMA_PRESETS}
 
 
 def limit(default: Any, *, at_least: float | None = None, above: float | None = None,
@@ -61,7 +67,7 @@ def check_limits(obj: Any, key: str) -> None:
             raise ConfigError(f"{_join(key, f.name)} must be {broken}, got {value!r}")
 
 SourceFormat = Literal["text", "jsonl", "parquet", "hf"]
-SnapshotFormat = Literal["hf", "python-docs", "python-stdlib"]
+SnapshotFormat = Literal["hf", "python-docs", "python-stdlib", "package-docs"]
 PackMode = Literal["concat", "pad", "bestfit"]
 
 
@@ -70,7 +76,7 @@ class SnapshotConfig:
     """Data copied into the project (`data/raw/<name>/`, Parquet) so that DVC versions it: a Hugging
     Face hub dataset at a pinned revision, or text that ships with Python."""
 
-    format: SnapshotFormat  # hf | python-docs (English docs prose) | python-stdlib (standard library code)
+    format: SnapshotFormat  # hf | python-docs (English docs prose) | python-stdlib (standard library code) | package-docs (installed packages' READMEs)
     path: Optional[str] = None  # hf: the hub dataset id, e.g. HuggingFaceFW/fineweb-edu
     revision: Optional[str] = None  # hf: pinned revision (commit sha or tag); required
     subset: Optional[str] = None  # hf: configuration name, if the dataset has several
@@ -100,16 +106,43 @@ class SourceConfig:
 
 @dataclass
 class TokenizerConfig:
-    name: str = "gpt2"  # gpt2 (offline, from the vocab stage) | another tiktoken encoding | char | bpe (trained on your sources)
+    name: str = "gpt2"  # gpt2 (offline, from the vocab stage) | another tiktoken encoding | char | bpe (trained on your sources) | hf (a model's own)
     vocab_size: int = limit(4096, at_least=260)  # bpe: tokens in the trained vocabulary (256 bytes, EOS, merges)
     sample_bytes: int = limit(50_000_000, at_least=1)  # bpe: at most this many bytes of each source's train documents to learn from
+    path: str = "models"  # hf: the model folder holding tokenizer.json (+ tokenizer_config.json); a DVC dep of the vocab stage
 
     def validate(self, key: str) -> None:
         import tiktoken
 
-        known = {"gpt2", "char", "bpe", *tiktoken.list_encoding_names()}
+        known = {"gpt2", "char", "bpe", "hf", *tiktoken.list_encoding_names()}
         if self.name not in known:
             raise ConfigError(f"{key}.name: unknown tokenizer '{self.name}' (choose from {', '.join(sorted(known))})")
+
+
+@dataclass
+class NearDedupConfig:
+    """MinHash LSH over word n-grams. A pair with Jaccard similarity J is caught with probability
+    1 - (1 - J**rows)**bands: the defaults (3-grams, 36 x 4) catch 98% of pairs at J = 0.57 (10% of
+    words changed at random), 0.4% at J = 0.1 and 0.02% at J = 0.05."""
+
+    enabled: bool = True  # find near-duplicate clusters (the split keeps each cluster in one split)
+    remove: bool = True  # keep only the first document of each cluster (false: clusters only steer the split)
+    ngram: int = limit(3, at_least=1)  # words per shingle
+    num_perm: int = limit(144, at_least=1)  # MinHash permutations (= bands x rows)
+    bands: int = limit(36, at_least=1)
+    rows: int = limit(4, at_least=1)
+    seed: int = limit(1, at_least=0)  # MinHash seed
+
+    def validate(self, key: str) -> None:
+        if self.bands * self.rows != self.num_perm:
+            raise ConfigError(f"{key}.num_perm must equal bands x rows ({self.bands} x {self.rows} = {self.bands * self.rows}), got {self.num_perm}")
+
+
+@dataclass
+class DedupConfig:
+    exact: bool = True  # remove identical documents, within and across sources (the first copy in source order stays)
+    near: NearDedupConfig = field(default_factory=NearDedupConfig)
+    scope: Literal["all", "source"] = "all"  # find duplicates across all sources together, or within each source
 
 
 @dataclass
@@ -140,28 +173,41 @@ class PackConfig:
 class ModelConfig:
     """The model's shape. vocab_size and block_size come from the packed data's manifest."""
 
-    preset: Optional[str] = "cpu-base"  # a name of MODEL_PRESETS: gpt2 ... gpt2-xl, cpu-tiny, cpu-small, cpu-base, cpu-medium
+    arch: Literal["gpt2", "llama"] = "gpt2"  # gpt2 (model/gpt.py) | llama (model/llama.py: RMSNorm, RoPE, SwiGLU, GQA)
+    preset: Optional[str] = "cpu-base"  # gpt2: gpt2 ... gpt2-xl, cpu-tiny, cpu-small, cpu-base, cpu-medium; llama: llama-cpu, smollm2-135m
     n_layer: Optional[int] = limit(None, at_least=1)  # overrides the preset when set
     n_head: Optional[int] = limit(None, at_least=1)  # overrides the preset when set
     n_embd: Optional[int] = limit(None, at_least=1)  # overrides the preset when set; a multiple of n_head
+    n_kv_head: Optional[int] = limit(None, at_least=1)  # llama: key/value heads (divides n_head); overrides the preset
+    intermediate_size: Optional[int] = limit(None, at_least=1)  # llama: SwiGLU hidden width; overrides the preset
+    rope_theta: Optional[float] = limit(None, above=0.0)  # llama: RoPE base; overrides the preset
     dropout: float = limit(0.0, at_least=0.0, below=1.0)  # dropout on attention, residual and embedding outputs
-    bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
+    bias: bool = True  # gpt2: biases in Linear and LayerNorm layers (GPT-2 has them; Llama has none)
     tie_weights: bool = True  # share the token embedding with the output layer (GPT-2 does)
     doc_mask: bool = False  # no attention across document boundaries inside a packed block
 
     def validate(self, key: str) -> None:
-        if self.preset is not None and self.preset not in MODEL_PRESETS:
-            raise ConfigError(f"{key}.preset: unknown preset '{self.preset}' (choose from {', '.join(MODEL_PRESETS)})")
+        presets = PRESETS[self.arch]
+        if self.preset is not None and self.preset not in presets:
+            raise ConfigError(f"{key}.preset: unknown {self.arch} preset '{self.preset}' (choose from {', '.join(presets)})")
+        if self.arch == "gpt2":
+            for name in ("n_kv_head", "intermediate_size", "rope_theta"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{key}.{name}: only for model.arch: llama")
         shape = self.shape()
         missing = [name for name, value in shape.items() if value is None]
         if missing:
-            raise ConfigError(f"{key}.{missing[0]}: set {key}.preset or all of n_layer, n_head, n_embd")
+            raise ConfigError(f"{key}.{missing[0]}: set {key}.preset or all of {', '.join(shape)}")
         if shape["n_embd"] % shape["n_head"]:
             raise ConfigError(f"{key}.n_embd ({shape['n_embd']}) must be a multiple of {key}.n_head ({shape['n_head']})")
+        if self.arch == "llama" and shape["n_head"] % shape["n_kv_head"]:
+            raise ConfigError(f"{key}.n_head ({shape['n_head']}) must be a multiple of {key}.n_kv_head ({shape['n_kv_head']})")
 
     def shape(self) -> dict[str, Optional[int]]:
-        """n_layer, n_head, n_embd: the preset's, overridden by the fields that are set."""
-        shape = dict(MODEL_PRESETS.get(self.preset or "", dict(n_layer=None, n_head=None, n_embd=None)))
+        """The preset's shape (n_layer, n_head, n_embd; for llama also n_kv_head, intermediate_size,
+        rope_theta), overridden by the fields that are set."""
+        names = next(iter(PRESETS[self.arch].values())).keys()
+        shape = dict(PRESETS[self.arch].get(self.preset or "", dict.fromkeys(names)))
         shape.update({name: getattr(self, name) for name in shape if getattr(self, name) is not None})
         return shape
 
@@ -181,7 +227,7 @@ class TrainConfig:
     beta2: float = limit(0.99, at_least=0.0, below=1.0)
     grad_clip: float = limit(1.0, at_least=0.0)  # max global grad norm; 0 disables
     eval_interval: int = limit(250, at_least=0)  # steps between val evaluations (0: only at the end)
-    eval_blocks: int = limit(32, at_least=0)  # val blocks per source at each periodic evaluation (0: all)
+    eval_blocks: int = limit(32, at_least=0)  # val blocks per source at each periodic evaluation, spread over it (0: all)
     checkpoint_interval: int = limit(250, at_least=0)  # steps between checkpoints (0: only at the end)
     compile: bool = False  # torch.compile the model
     threads: int = limit(0, at_least=0)  # torch CPU threads (0: all cores, shared among the processes of a node)
@@ -195,7 +241,7 @@ class TrainConfig:
 
 @dataclass
 class EvaluateConfig:
-    max_blocks: int = limit(0, at_least=0)  # val blocks per source to score (0: all)
+    max_blocks: int = limit(0, at_least=0)  # val blocks per source to score, spread over it (0: all)
     batch_size: int = limit(16, at_least=1)
     device: str = limit("auto", pattern=DEVICE_PATTERN)  # cpu | cuda | cuda:N | auto (cuda when available)
 
@@ -216,11 +262,30 @@ class SampleConfig:
 
 
 @dataclass
-class FinetuneConfig:
-    """Instruction fine-tuning (`python -m model.finetune`): Alpaca-format records, loss on responses only."""
+class LoraConfig:
+    """LoRA adapters (`finetune.lora`): W x + B A x * alpha / rank on the target Linear layers; only A and B train."""
 
-    data: str = "data/instructions.jsonl"  # records (.json list or .jsonl): instruction, optional input, output
-    init_from: str = "data/model"  # a tinyGPT checkpoint folder or a Hugging Face GPT-2 folder
+    rank: int = limit(8, at_least=1)  # inner width r of each adapter
+    alpha: float = limit(16.0, above=0.0)  # the adapters' output is scaled by alpha / rank
+    dropout: float = limit(0.0, at_least=0.0, below=1.0)  # dropout on the adapters' input (training only)
+    targets: list[str] = limit(["c_attn", "c_proj", "c_fc", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])  # Linear layers by name suffix (gpt2: c_attn, c_proj, c_fc; llama: q/k/v/o_proj, gate/up/down_proj; `attn.c_proj` narrows)
+
+    def validate(self, key: str) -> None:
+        if not self.targets:
+            raise ConfigError(f"{key}.targets: name at least one Linear layer (e.g. c_attn or q_proj)")
+        for target in self.targets:
+            if not re.fullmatch(r"\w+(\.\w+)*", target):
+                raise ConfigError(f"{key}.targets: '{target}' is not a layer name (suffix) such as c_attn or attn.c_proj")
+
+
+@dataclass
+class FinetuneConfig:
+    """Instruction fine-tuning (`python -m model.finetune`): loss on the assistant replies only."""
+
+    data: str = "data/instructions.jsonl"  # records (.json list or .jsonl): instruction, optional input, output; or messages
+    init_from: str = "data/model"  # a tinyGPT checkpoint folder, a LoRA adapter folder or a Hugging Face folder
+    template: Literal["tinygpt-instruct-v1", "alpaca", "llama2", "llama3", "chatml", "model"] = "tinygpt-instruct-v1"  # prompt format; model: init_from's own chat_template (tokenizer_config.json)
+    lora: Optional[LoraConfig] = None  # LoRA adapters on a frozen model ({} for the defaults); null: train every weight
     vocab: str = "data/vocab"  # tokenizer folder, used when init_from has no tokenizer/ (Hugging Face folders)
     epochs: int = limit(2, at_least=1)  # passes over the records
     batch_size: int = limit(4, at_least=1)  # records per optimizer step (padded to the longest)
@@ -256,6 +321,7 @@ class Params:
     mix: MixConfig
     pack: PackConfig
     snapshots: dict[str, SnapshotConfig] = field(default_factory=dict)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)

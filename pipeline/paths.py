@@ -15,6 +15,9 @@ SCAN_FILE = "scan.json"  # in a source's scan folder: what was scanned for, and 
 SAMPLE_FILE = "sample.jsonl"  # ... and the train documents a BPE learns from (bpe), one JSON string a line
 VOCAB_DIR = DATA / "vocab"  # vocab: the tokenizer's files
 TOKENS_DIR = DATA / "tokens"  # tokenize@<name>: the token store of each source
+DEDUP_DIR = DATA / "dedup"  # dedup: per source, which documents are kept and the hash their group splits by
+KEEP_FILE = "keep.npy"
+SPLIT_HASHES_FILE = "split_hashes.npy"
 SPLIT_DIR = DATA / "split"  # split@<name>: train/val document indices over the store
 MIX_DIR = DATA / "mix"  # mix: the train mixture, an index over the stores
 PACKED_DIR = DATA / "packed"  # pack: blocks as pieces of documents, an index over the stores
@@ -29,6 +32,8 @@ WANDB_DIR = DATA / "wandb"
 
 METRICS_DIR = Path("metrics")
 REPORTS_DIR = Path("reports")
+DEDUP_METRICS = METRICS_DIR / "dedup.json"
+DEDUP_REPORT = REPORTS_DIR / "dedup.md"
 
 MANIFEST_FILE = "manifest.json"  # every data output folder has one
 TRAIN_MANIFEST_FILE = "train_manifest.json"  # the train data's manifest, saved beside a trained model

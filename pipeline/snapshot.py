@@ -10,6 +10,8 @@ changing Python).
 
 - python-docs: `pydoc_data.topics`, Python's English documentation, one document per topic;
 - python-stdlib: the standard library's `.py` files (tests and site-packages left out), one per file;
+- package-docs: the READMEs of the installed Python packages (their metadata's long description),
+  one per package: software documentation prose, what depends on the environment;
 - hf: the hub dataset `path` at `revision`, streamed (nothing is cached twice), `max_docs` at most.
 """
 
@@ -42,8 +44,24 @@ def documents(cfg: SnapshotConfig, key: str) -> Iterator[tuple[str, str]]:
         files = (p for p in root.rglob("*.py") if not STDLIB_SKIP_DIRS & set(p.relative_to(root).parts[:-1]))
         for path in sorted(files):
             yield path.relative_to(root).as_posix(), path.read_bytes().decode("utf-8", errors="replace")
+    elif cfg.format == "package-docs":
+        yield from _package_documents()
     else:
         yield from _hub_documents(cfg, key)
+
+
+def _package_documents() -> Iterator[tuple[str, str]]:
+    """The long descriptions (READMEs, in Markdown or reStructuredText) of the installed Python
+    distributions, one per distribution, by name; those under 200 characters are left out."""
+    from importlib.metadata import distributions
+
+    texts = {}
+    for dist in distributions():
+        name, text = dist.metadata.get("Name"), dist.metadata.get_payload() or dist.metadata.get("Description") or ""
+        if name and len(text.strip()) >= 200:
+            texts.setdefault(name.lower(), text.strip())
+    for name in sorted(texts):
+        yield name, texts[name]
 
 
 def _hub_documents(cfg: SnapshotConfig, key: str) -> Iterator[tuple[str, str]]:

@@ -3,15 +3,17 @@
 `vocab/spec.json` says which kind it is (`kind`), its `name`, `vocab_size`, `eos_id` and `pad_id`:
 - tiktoken: BPE ranks in `ranks.tiktoken` (tiktoken's own file format), split pattern, special tokens
   (GPT-2, other tiktoken encodings, and a BPE trained on the sources, see `pipeline/bpe.py`);
-- hf: a Hugging Face `tokenizer.json`, through the `tokenizers` library;
+- hf: a Hugging Face `tokenizer.json`, through the `tokenizers` library (a trained BPE, or a model's
+  own tokenizer with its BOS/EOS and stop ids);
 - char: the characters seen in the sources, in `chars.json`; unknown characters map to one id.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -152,9 +154,11 @@ class CharTokenizer:
 
 
 class HFTokenizer:
-    """A Hugging Face `tokenizer.json` (byte-level BPE), through the `tokenizers` library."""
+    """A Hugging Face `tokenizer.json` through the `tokenizers` library: a BPE trained on the sources,
+    or a model's own tokenizer (`tokenizer.name: hf`). With `bos_text`, every encoded text starts
+    with that token (models such as Llama 2 and TinyLlama expect BOS at each document start)."""
 
-    def __init__(self, name: str, path: Path, eos_text: str):
+    def __init__(self, name: str, path: Path, eos_text: str, bos_text: Optional[str] = None):
         from tokenizers import Tokenizer as Backend
 
         self._backend = Backend.from_file(str(path))
@@ -164,27 +168,48 @@ class HFTokenizer:
         if self.eos_id is None:
             raise PipelineError(f"{path}: no token {eos_text!r} (the end-of-text token)")
         self.pad_id = self.eos_id
+        self.bos_id = None if bos_text is None else self._backend.token_to_id(bos_text)
+        if bos_text is not None and self.bos_id is None:
+            raise PipelineError(f"{path}: no token {bos_text!r} (the beginning-of-text token)")
+        self._start = [] if self.bos_id is None else [self.bos_id]
         self._dtype = np.uint16 if self.vocab_size <= 1 << 16 else np.uint32
+        self._byte_level = '"ByteLevel"' in json.dumps(json.loads(self._backend.to_str()).get("decoder"))
 
     def encode(self, text: str) -> np.ndarray:
-        return np.asarray(self._backend.encode(text, add_special_tokens=False).ids, dtype=self._dtype)
+        return np.asarray(self._start + self._backend.encode(text, add_special_tokens=False).ids, dtype=self._dtype)
 
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         encodings = self._backend.encode_batch(list(texts), add_special_tokens=False)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        tokens = np.fromiter((i for e in encodings for i in e.ids), dtype=self._dtype, count=int(lengths.sum()))
+        lengths = np.fromiter((len(self._start) + len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        tokens = np.fromiter((i for e in encodings for i in self._start + e.ids), dtype=self._dtype, count=int(lengths.sum()))
         return tokens, lengths
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._backend.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def token_bytes(self) -> np.ndarray:
-        """Byte-level BPE: each character of a token's string stands for one byte; special tokens 0."""
+        """Byte-level BPE: one byte per character of the token's string. SentencePiece-style
+        (Metaspace): `<0xNN>` byte-fallback tokens 1, else the UTF-8 size with `▁` standing for a
+        space (so the space Metaspace puts before a text's first word counts one byte more than the
+        text has). Other special tokens 0."""
         out = np.zeros(self.vocab_size, dtype=np.int64)
         special = {t.content for t in self._backend.get_added_tokens_decoder().values() if t.special}
         for token, i in self._backend.get_vocab(with_added_tokens=True).items():
-            out[i] = 0 if token in special else len(token)
+            if not self._byte_level and len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+                out[i] = 1
+            elif token in special:
+                continue
+            elif self._byte_level:
+                out[i] = len(token)
+            else:
+                out[i] = len(token.replace("\u2581", " ").encode("utf-8", "surrogatepass"))
         return out
+
+
+def hf_tokenizer_name(tokenizer_file: Path) -> str:
+    """The name a Hugging Face tokenizer goes by in manifests: its file's content hash, so that data
+    and a model folder agree exactly when their `tokenizer.json` files are the same."""
+    return "hf-" + hashlib.sha256(Path(tokenizer_file).read_bytes()).hexdigest()[:16]
 
 
 def encode_one_by_one(tokenizer: Tokenizer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -214,7 +239,7 @@ def load_tokenizer(vocab_dir: str | Path) -> Tokenizer:
     if spec["kind"] == "char":
         return CharTokenizer(json.loads((vocab_dir / CHARS_FILE).read_text())["chars"])
     if spec["kind"] == "hf":
-        return HFTokenizer(spec["name"], vocab_dir / HF_TOKENIZER_FILE, spec["eos_text"])
+        return HFTokenizer(spec["name"], vocab_dir / HF_TOKENIZER_FILE, spec["eos_text"], spec.get("bos_text"))
     return TiktokenTokenizer(
         name=spec["name"],
         ranks_path=vocab_dir / RANKS_FILE,

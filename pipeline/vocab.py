@@ -7,6 +7,8 @@
 - char: the sorted set of characters in all configured sources (from their `scan@<source>` results).
 - bpe: a byte-level BPE trained on the sources' train samples (`scan@<source>`, `pipeline/bpe.py`):
   Hugging Face's `tokenizer.json` and, when tiktoken encodes the samples identically, its ranks.
+- hf: a model's own `tokenizer.json` from `tokenizer.path`, copied with its configs; named by the
+  file's content hash, so the data and a model folder agree exactly when their files do.
 
 `spec.json` always records `name`, `kind`, `vocab_size`, `eos_id` and `pad_id`.
 """
@@ -22,12 +24,15 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 from pipeline.config import TokenizerConfig, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_dir, read_json, write_json
 from pipeline.paths import SAMPLE_FILE, SCAN_DIR, SCAN_FILE, VOCAB_DIR
-from pipeline.tokenizer import CHARS_FILE, EOS_TEXT, HF_TOKENIZER_FILE, RANKS_FILE, SPEC_FILE, CharTokenizer
+from pipeline.tokenizer import CHARS_FILE, EOS_TEXT, HF_TOKENIZER_FILE, RANKS_FILE, SPEC_FILE, CharTokenizer, hf_tokenizer_name
+
+HF_CONFIG_FILES = ("tokenizer_config.json", "generation_config.json")
 
 GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 WHISPER_SDIST = "openai-whisper==20250625"
@@ -143,6 +148,9 @@ def build_vocab(cfg: TokenizerConfig, scan_dirs: list[Path], out_dir: Path) -> N
         read_scans(scan_dirs, "bpe")
         build_bpe(cfg, scan_dirs, out_dir)
         return
+    if cfg.name == "hf":
+        copy_hf(Path(cfg.path), out_dir)
+        return
     meta, ranks = tiktoken_spec(cfg.name)
     write_tiktoken(meta, ranks, out_dir)
 
@@ -186,6 +194,47 @@ def build_bpe(cfg: TokenizerConfig, scan_dirs: list[Path], out_dir: Path) -> Non
     with atomic_dir(out_dir) as tmp:
         (tmp / HF_TOKENIZER_FILE).write_bytes(hf_file[HF_TOKENIZER_FILE])
         write_json(tmp / SPEC_FILE, {"kind": "hf", **meta, "eos_text": EOS_TEXT, "vocab_size": size, "eos_id": eos_id, "pad_id": eos_id})
+
+
+def copy_hf(folder: Path, out_dir: Path) -> None:
+    """A model's own tokenizer: its `tokenizer.json` (and `tokenizer_config.json`,
+    `generation_config.json` when present) copied as they are; EOS, BOS and stop ids read from them."""
+    from tokenizers import Tokenizer as Backend
+
+    source = folder / HF_TOKENIZER_FILE
+    if not source.is_file():
+        raise PipelineError(f"tokenizer.path: {source} not found (a Hugging Face model or tokenizer folder)")
+    files = {name: (folder / name).read_bytes() for name in (HF_TOKENIZER_FILE, *HF_CONFIG_FILES) if (folder / name).is_file()}
+    config = json.loads(files.get(HF_CONFIG_FILES[0], b"{}"))
+    generation = json.loads(files.get(HF_CONFIG_FILES[1], b"{}"))
+    backend = Backend.from_file(str(source))
+    eos_ids = _as_ids(generation.get("eos_token_id"))
+    eos_text = _token_text(config.get("eos_token")) or (backend.id_to_token(eos_ids[0]) if eos_ids else None)
+    if eos_text is None or backend.token_to_id(eos_text) is None:
+        raise PipelineError(f"tokenizer.path: {folder}: no end-of-text token in {' or '.join(HF_CONFIG_FILES)}")
+    eos_id = backend.token_to_id(eos_text)
+    bos_ids = _as_ids(generation.get("bos_token_id"))
+    bos_text = _token_text(config.get("bos_token")) or (backend.id_to_token(bos_ids[0]) if bos_ids else None)
+    bos_id = None if bos_text is None else backend.token_to_id(bos_text)
+    adds_bos = bos_id is not None and (config.get("add_bos_token") is True or backend.encode("a").ids[:1] == [bos_id])
+    spec = {"kind": "hf", "name": hf_tokenizer_name(source), "source": folder.name,
+            "vocab_size": backend.get_vocab_size(with_added_tokens=True), "eos_text": eos_text, "eos_id": eos_id, "pad_id": eos_id,
+            "bos_text": bos_text if adds_bos else None, "bos_id": bos_id if adds_bos else None,
+            "stop_ids": sorted({eos_id, *eos_ids})}
+    with atomic_dir(out_dir) as tmp:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        write_json(tmp / SPEC_FILE, spec)
+
+
+def _token_text(value) -> Optional[str]:
+    """A special token as tokenizer_config.json spells it: a string or {"content": ...}."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _as_ids(value) -> list[int]:
+    """generation_config.json's token ids: one int, a list, or absent."""
+    return [] if value is None else [value] if isinstance(value, int) else list(value)
 
 
 @cli

@@ -58,3 +58,87 @@ def materialise(docs: list, plan: list[list[tuple[int, int, int]]], width: int, 
             segments[b, at : at + length] = s
             at += length
     return tokens, segments
+
+
+def planted_corpus(n_unrelated: int, n_planted: int, change: float, seed: int = 0) -> tuple[list[str], list[tuple[int, int]]]:
+    """Unrelated documents of 150-400 words (Zipf-distributed over 5,000 made-up words), and for the
+    first `n_planted` of them a copy with a header line added and `change` of its words replaced.
+    Returns the texts and the planted (original, copy) index pairs."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    vocab = ["".join(rng.choice(letters, size=rng.integers(2, 10))) for _ in range(5000)]
+    weights = 1.0 / np.arange(1, len(vocab) + 1)
+    weights /= weights.sum()
+
+    def words(n: int) -> list[str]:
+        return [vocab[i] for i in rng.choice(len(vocab), size=n, p=weights)]
+
+    texts = [" ".join(words(int(rng.integers(150, 401)))) for _ in range(n_unrelated)]
+    pairs = []
+    for i in range(n_planted):
+        copy = texts[i].split()
+        for at in rng.choice(len(copy), size=round(change * len(copy)), replace=False):
+            copy[at] = vocab[int(rng.integers(len(vocab)))]
+        pairs.append((i, len(texts)))
+        texts.append(f"Mirrored from archive {i}, page {rng.integers(1000)}.\n" + " ".join(copy))
+    return texts, pairs
+
+
+def shingle_jaccard(a: str, b: str, n: int) -> float:
+    """Exact Jaccard similarity of two texts' word n-gram sets (what MinHash estimates)."""
+    from pipeline.dedup import shingles
+
+    x, y = set(shingles(a, n)), set(shingles(b, n))
+    return len(x & y) / len(x | y)
+
+
+def write_hf_model_tokenizer(folder, sentencepiece: bool, vocab_words: int = 0):
+    """A model folder's tokenizer files, as a Hugging Face model ships them. sentencepiece: Llama 2
+    style (Metaspace, byte fallback, <s> added at the start); else byte-level BPE without BOS and two
+    stop ids in generation_config.json. `vocab_words` pads the vocabulary with added tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    texts = ["the cat sat on the mat, naïvely", "def f(x):\n    return x + 1"] * 20
+    folder.mkdir(parents=True)
+    if sentencepiece:
+        tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
+        special = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+        tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=special))
+        config = {"bos_token": "<s>", "eos_token": {"content": "</s>"}, "add_bos_token": True}
+        generation = {"bos_token_id": 1, "eos_token_id": 2}
+    else:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_end|>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(texts, trainer)
+        config = {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"}
+        generation = {"eos_token_id": [0, 1]}
+    if vocab_words:
+        tok.add_tokens([f"word{i}" for i in range(vocab_words)])
+    tok.save(str(folder / "tokenizer.json"))
+    write_json(folder / "tokenizer_config.json", config)
+    write_json(folder / "generation_config.json", generation)
+    return folder
+
+
+def write_byte_vocab(path: Path, specials: tuple[str, ...] = ()) -> Path:
+    """An `hf` tokenizer folder: byte-level BPE without merges (one token per byte), then
+    `<|endoftext|>` (EOS) and `specials` as special tokens, each one id."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    path.mkdir(parents=True, exist_ok=True)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokenizer = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(["<|endoftext|>", *specials])
+    tokenizer.save(str(path / "tokenizer.json"))
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    spec = {"kind": "hf", "name": "bytes", "vocab_size": tokenizer.get_vocab_size(), "eos_id": eos, "pad_id": eos,
+            "eos_text": "<|endoftext|>"}
+    (path / "spec.json").write_text(json.dumps(spec))
+    return path

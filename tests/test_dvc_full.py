@@ -25,7 +25,7 @@ FULL_PARAMS = {
     "wandb": {"mode": "disabled", "project": "tinygpt-tests"},
     "finetune": {"epochs": 1, "batch_size": 8, "device": "cpu"},
 }
-DATA_STAGES = ("scan@notes", "scan@records", "vocab", "tokenize@notes", "tokenize@records", "split@notes", "split@records", "mix", "pack")
+DATA_STAGES = ("scan@notes", "scan@records", "vocab", "tokenize@notes", "tokenize@records", "dedup", "split@notes", "split@records", "mix", "pack")
 
 
 def lock(repo: Path) -> dict:
@@ -99,3 +99,34 @@ def test_experiments_rerun_from_mix_and_compare(clones):
     shares = sorted(float(r["share_notes"]) for r in rows)
     assert shares == pytest.approx([0.5 / 1.4, 0.5, 0.9 / 1.4, 0.5 / 0.7], abs=1e-3)
     assert (repo / "reports/compare.png").stat().st_size > 10_000
+
+
+def test_mixture_search_plans_runs_and_fits_through_dvc(clones):
+    """plan -> dvc exp run --run-all -> fit, on the tiny project: four proxy runs over a grid of the
+    two sources, a recommendation inside the sampled range, and the command that runs it."""
+    _, repo = clones
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline"], repo)
+    planned = run(["python", "-m", "pipeline.mixsearch", "plan", "--runs", "4", "--set", "train.max_iters=6",
+                   "--set", "model.preset=cpu-tiny"], repo).stdout
+    assert planned.count("dvc exp run --queue -n mixsearch-0-") == 4
+    run(["dvc", "exp", "run", "--run-all"], repo)
+    run(["python", "-m", "pipeline.mixsearch", "fit", "--target", "loss_notes"], repo)
+    result = json.loads((repo / "reports/mixsearch.json").read_text())
+    assert result["runs"] == 4 and set(result["recommended"]) == {"notes", "records"}
+    assert 0.05 - 1e-9 <= result["recommended"]["notes"] <= 0.95 + 1e-9
+    assert result["command"].startswith("dvc exp run -S mix.weights.notes=")
+    assert (repo / "reports/mixsearch_surface.png").is_file()
+
+
+def test_a_llama_layout_model_trains_through_dvc(clones):
+    """`model.arch: llama` is a params change: the same stages train, evaluate and sample it."""
+    _, repo = clones
+    shape = dict(arch="llama", n_layer=2, n_head=4, n_kv_head=2, n_embd=32, intermediate_size=64, rope_theta=10000)
+    sets = ["-S", "model.preset=null"] + [a for k, v in shape.items() for a in ("-S", f"+model.{k}={v}")]  # + adds a key
+    run(["dvc", "exp", "run", "-n", "llama", *sets, "sample"], repo)
+    config = json.loads((repo / "data/model/model_config.json").read_text())
+    assert config["arch"] == "llama" and config["n_kv_head"] == 2
+    metrics = json.loads((repo / "metrics/eval.json").read_text())
+    assert metrics["loss"] < metrics["unigram_loss"], metrics
+    assert "note" in (repo / "data/samples.md").read_text()

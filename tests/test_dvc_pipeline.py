@@ -34,10 +34,11 @@ TINY_PARAMS = {
         "records": {"format": "jsonl", "path": "corpus/records.jsonl"},
     },
     "snapshots": {},
-    "tokenizer": {"name": "char"},
+    "tokenizer": {"name": "char", "path": "models"},
     "split": {"val_fraction": 0.2},
     "mix": {"train_tokens": 3000, "weights": {"notes": 0.5, "records": 0.5}},
     "pack": {"context_length": 32, "mode": "bestfit"},
+    "dedup": {"near": {"enabled": False}},  # the tiny notes differ in a word or two: near dedup would merge them
 }
 MORE_SOURCES = {  # every kind of source a user points at, each a DVC dependency
     "pages": {"format": "text", "path": "corpus/pages", "glob": "*.md"},
@@ -123,6 +124,20 @@ def test_weight_change_reruns_mix_and_pack_only(tiny_repo):
     assert ran(run(["dvc", "repro", "pack"], tiny_repo).stdout) == set()
 
 
+def test_dedup_change_reruns_dedup_and_what_follows_never_tokenize(tiny_repo):
+    params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
+    params["dedup"] = {"near": {"enabled": True, "remove": False}}
+    (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = ran(run(["dvc", "repro", "pack"], tiny_repo).stdout)
+    assert "dedup" in stages and not any(s.startswith(("scan", "tokenize")) for s in stages), stages
+    metrics = json.loads((tiny_repo / "metrics/dedup.json").read_text())
+    assert metrics["sources"]["notes"]["near_removed_docs"] == 0 and metrics["settings"]["near"]["remove"] is False
+    params["dedup"] = TINY_PARAMS["dedup"]
+    (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro", "pack"], tiny_repo)
+    assert "up to date" in run(["dvc", "status", "pack"], tiny_repo).stdout
+
+
 def append_record(repo: Path) -> None:
     with open(repo / "corpus/records.jsonl", "a") as handle:
         handle.write(json.dumps({"text": "record 99 says abab"}) + "\n")
@@ -140,7 +155,7 @@ def append_record(repo: Path) -> None:
 def test_editing_one_raw_file_reruns_exactly_its_source(tiny_repo, source, edit):
     edit(tiny_repo)  # no new characters: the char vocabulary stays the same
     stages = ran(run(["dvc", "repro", "pack"], tiny_repo).stdout)
-    assert stages == {f"scan@{source}", f"tokenize@{source}", f"split@{source}", "mix", "pack"}, stages
+    assert stages == {f"scan@{source}", f"tokenize@{source}", "dedup", f"split@{source}", "mix", "pack"}, stages
     assert "up to date" in run(["dvc", "status", "pack"], tiny_repo).stdout
 
 
@@ -158,7 +173,7 @@ def test_editing_a_module_reruns_the_stages_that_import_it(tiny_repo):
     assert stages == {f"{stage}@{n}" for stage in ("scan", "tokenize") for n in names}, stages  # stores come out equal
 
 
-@pytest.mark.parametrize("section, key, value", [("mix", "weights", {"poetry": 1.0}), ("train", "batch_size", 0), ("model", "preset", "gpt3")])
+@pytest.mark.parametrize("section, key, value", [("mix", "weights", {"poetry": 1.0}), ("train", "batch_size", 0), ("model", "preset", "gpt3"), ("dedup", "scope", "everything")])
 def test_bad_params_fail_in_the_first_stage_naming_the_key(tmp_path, section, key, value):
     params = json.loads(json.dumps(TINY_PARAMS))
     params.setdefault(section, {})[key] = value

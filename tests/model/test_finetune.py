@@ -16,19 +16,21 @@ import torch
 import yaml
 
 from model.finetune import Record, collate, encode_example, encode_records, finetune, load_records, lr_at
-from model.templates import DEFAULT_TEMPLATE, load_template, render_prompt
+from model.templates import (
+    CHATML, DEFAULT_TEMPLATE, TEMPLATES, get_template, load_template, render_prompt, render_segments, stop_ids,
+)
 from model.gpt import GPT, GPTConfig
-from pipeline.config import FinetuneConfig, load_params
+from pipeline.config import FinetuneConfig, LoraConfig, load_params
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.tokenizer import EOS_TEXT, load_tokenizer
-from tests.helpers import REPO, write_char_vocab
+from tests.helpers import REPO, write_byte_vocab, write_char_vocab
 
 RECORDS = [
     {"instruction": "reverse a list", "output": "items[::-1]"},
     {"instruction": "last item", "output": "items[-1]"},
     {"instruction": "join with commas", "input": "names", "output": "', '.join(names)"},
 ]
-CHARS = DEFAULT_TEMPLATE.prompt_with_input + "".join(v for r in RECORDS for v in r.values()) + "abcdefghijklmnopqrstuvwxyz .,"
+CHARS = DEFAULT_TEMPLATE.user_with_input + DEFAULT_TEMPLATE.assistant + "".join(v for r in RECORDS for v in r.values()) + "abcdefghijklmnopqrstuvwxyz .,"
 BLOCK = 96
 
 
@@ -37,9 +39,9 @@ def write_jsonl(path: Path, records: list) -> Path:
     return path
 
 
-def tiny_checkpoint(folder: Path, block_size: int = BLOCK) -> Path:
-    """A cpu-tiny sized model with a char tokenizer, saved as this project's checkpoint folder."""
-    vocab = write_char_vocab(folder.parent / f"{folder.name}-vocab", CHARS)
+def tiny_checkpoint(folder: Path, block_size: int = BLOCK, vocab: Path | None = None) -> Path:
+    """A cpu-tiny sized model with a char tokenizer (or `vocab`), saved as this project's checkpoint folder."""
+    vocab = vocab or write_char_vocab(folder.parent / f"{folder.name}-vocab", CHARS)
     tok = load_tokenizer(vocab)
     torch.manual_seed(0)
     GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=64)).save(folder, tokenizer_dir=vocab)
@@ -318,6 +320,163 @@ def test_same_seed_same_weights(tmp_path):
     assert runs[0] == runs[1]
 
 
+# ---- templates -------------------------------------------------------------------------------------------
+
+SPECIALS = ("<|im_start|>", "<|im_end|>", "<|eot_id|>", "</s>")
+RECORD = Record(instruction="Fix it.", input="x = 1", output="x = 2")
+PROMPTS = {  # the known record's prompt under each template; the reply "x = 2" and the stop follow it
+    "tinygpt-instruct-v1": "### Instruction:\nFix it.\n\n### Input:\nx = 1\n\n### Response:\n",
+    "alpaca": "Carry out the instruction below in your response.\n\n### Instruction:\nFix it.\n\n### Input:\nx = 1\n\n### Response:\n",
+    "llama2": "<s>[INST] Fix it.\n\nx = 1 [/INST] ",
+    "llama3": "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nFix it.\n\nx = 1<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    "chatml": "<|im_start|>user\nFix it.\n\nx = 1<|im_end|>\n<|im_start|>assistant\n",
+}
+LEARNED = {"tinygpt-instruct-v1": "x = 2" + EOS_TEXT, "alpaca": "x = 2" + EOS_TEXT, "llama2": "x = 2 </s>",
+           "llama3": "x = 2<|eot_id|>", "chatml": "x = 2<|im_end|>"}
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello."},
+    {"role": "user", "content": "1+1?"},
+    {"role": "assistant", "content": "2"},
+]
+CHATML_JINJA = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_templates_render_the_known_record_and_learn_the_reply_and_stop(tmp_path):
+    tok = load_tokenizer(write_byte_vocab(tmp_path / "vocab", SPECIALS))
+    assert set(TEMPLATES) == set(PROMPTS)
+    for name, prompt in PROMPTS.items():
+        template = get_template(name)
+        assert render_prompt(RECORD.instruction, RECORD.input, template) == prompt
+        ids, mask = encode_example(tok, RECORD, template=template)
+        assert tok.decode(ids) == prompt + LEARNED[name]
+        assert tok.decode(ids[mask]) == LEARNED[name] and tok.decode(ids[~mask]) == prompt
+        assert mask[-1] and ids[-1] == stop_ids(tok, template)[0]  # the stop is one token, and learned
+        stop = tok.encode(template.stop)[0] if template.stop else tok.eos_id
+        assert stop_ids(tok, template) == list(dict.fromkeys([stop, tok.eos_id]))
+
+
+def test_a_stop_that_is_not_one_token_is_learned_as_text_then_eos(tmp_path):
+    tok = load_tokenizer(write_char_vocab(tmp_path / "vocab", PROMPTS["chatml"] + "x = 2"))
+    ids, mask = encode_example(tok, RECORD, template=CHATML)
+    assert tok.decode(ids[mask]) == "x = 2<|im_end|>" + EOS_TEXT and ids[-1] == tok.eos_id
+    assert stop_ids(tok, CHATML) == [tok.eos_id]
+
+
+@pytest.mark.parametrize("name, learned", [
+    ("chatml", "Hello.<|im_end|>2<|im_end|>"),
+    ("llama2", "Hello. </s>2 </s>"),
+    ("llama3", "Hello.<|eot_id|>2<|eot_id|>"),
+    ("tinygpt-instruct-v1", f"Hello.{EOS_TEXT}2{EOS_TEXT}"),
+])
+def test_multi_turn_records_learn_every_assistant_turn_only(tmp_path, name, learned):
+    tok = load_tokenizer(write_byte_vocab(tmp_path / "vocab", SPECIALS))
+    record = Record(instruction="", output="", messages=CONVERSATION)
+    ids, mask = encode_example(tok, record, template=get_template(name))
+    assert tok.decode(ids[mask]) == learned
+    prompt_text = tok.decode(ids[~mask])
+    assert all(m["content"] in prompt_text for m in CONVERSATION if m["role"] != "assistant")
+    assert "Hello." not in prompt_text
+    if name == "llama2":  # the system prompt sits inside the first user turn
+        assert tok.decode(ids).startswith("<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello. </s><s>[INST] 1+1? [/INST] 2 </s>")
+
+
+def test_model_chat_template_from_tokenizer_config(tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    config = {"chat_template": CHATML_JINJA, "eos_token": {"content": "<|im_end|>"}, "bos_token": None}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    template = get_template("model", [tmp_path / "nothing-here", folder])
+    assert template.stop == "<|im_end|>" and template.source == str(folder / "tokenizer_config.json")
+    assert render_prompt(RECORD.instruction, RECORD.input, template) == PROMPTS["chatml"]
+    for messages in (CONVERSATION, RECORD.conversation()):
+        assert render_segments(messages, template) == render_segments(messages, CHATML)
+    for source, problem in [
+        ("{% for m in messages %}{{ m.content }}", "TemplateSyntaxError"),
+        ("{{ messages.append(1) }}", "SecurityError"),
+        ("{{ raise_exception('Conversation roles must alternate') }}", "roles must alternate"),
+    ]:
+        (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": source}))
+        with pytest.raises(PipelineError, match=problem) as error:
+            render_prompt("hi", None, get_template("model", [folder]))
+        assert str(error.value).startswith(str(folder / "tokenizer_config.json")) and "\n" not in str(error.value)
+    with pytest.raises(PipelineError, match="needs a chat_template"):
+        get_template("model", [tmp_path])
+
+
+def test_the_first_template_format_still_loads(tmp_path):
+    old = {"name": "tinygpt-instruct-v1", "prompt": "### Instruction:\n{instruction}\n\n### Response:\n",
+           "prompt_with_input": "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n", "response_ends_with": "eos"}
+    (tmp_path / "template.json").write_text(json.dumps(old))
+    template = load_template(tmp_path)
+    for input in (None, "x = 1"):
+        assert render_prompt("Fix it.", input, template) == render_prompt("Fix it.", input, DEFAULT_TEMPLATE)
+
+
+def test_chatml_fine_tune_stops_at_its_special_token(tmp_path, capsys):
+    """A byte-level tokenizer where <|im_end|> is one token: the model learns to emit it, generation stops there."""
+    from model.generate import main
+
+    base = tiny_checkpoint(tmp_path / "base", block_size=128, vocab=write_byte_vocab(tmp_path / "vocab", SPECIALS))
+    torch.set_num_threads(1)
+    metrics = finetune(config(tmp_path, base, template="chatml", epochs=40), seed=3, out_dir=tmp_path / "out", print_fn=lambda *_: None)
+    assert metrics["loss_after"] < 0.15 * metrics["loss_before"]
+    assert load_template(tmp_path / "out") == CHATML
+    main(["--checkpoint", str(tmp_path / "out"), "--instruction", "join with commas", "--input", "names", "--temperature", "0"])
+    assert capsys.readouterr().out == "', '.join(names)\n"
+    model, tok = GPT.load(tmp_path / "out"), load_tokenizer(tmp_path / "out" / "tokenizer")
+    prompt = torch.from_numpy(tok.encode(render_prompt("last item", None, CHATML)).astype(np.int64))[None]
+    out = model.generate(prompt, 30, temperature=0, eos_id=stop_ids(tok, CHATML))[0, prompt.size(1) :].tolist()
+    assert tok.decode(out) == "items[-1]<|im_end|>"  # stopped at the stop token, not at EOS
+
+
+def test_fine_tune_with_the_model_chat_template(tmp_path, capsys):
+    """A char tokenizer: <|im_end|> is several tokens, so the reply is learned with its text, then EOS."""
+    from model.generate import main
+
+    base = tiny_checkpoint(tmp_path / "base", block_size=128, vocab=write_char_vocab(tmp_path / "vocab", CHARS + PROMPTS["chatml"]))
+    (base / "tokenizer_config.json").write_text(json.dumps({"chat_template": CHATML_JINJA, "eos_token": "<|im_end|>"}))
+    torch.set_num_threads(1)
+    metrics = finetune(config(tmp_path, base, template="model", epochs=40), seed=3, out_dir=tmp_path / "out", print_fn=lambda *_: None)
+    assert metrics["loss_after"] < 0.15 * metrics["loss_before"]
+    template = load_template(tmp_path / "out")
+    assert template.chat_template == CHATML_JINJA and template.stop == "<|im_end|>"
+    main(["--checkpoint", str(tmp_path / "out"), "--instruction", "last item", "--temperature", "0", "--max-new-tokens", "30"])
+    assert capsys.readouterr().out == "items[-1]\n"  # stopped at EOS, the stop text cut off
+
+
+# ---- multi-turn records ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ('{"messages": []}', "'messages' must be a non-empty list"),
+        ('{"messages": [{"role": "bot", "content": "x"}]}', "message 1 must have a 'role'"),
+        ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant"}]}', "message 2 must have a 'role'"),
+        ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": " "}]}', "no assistant turn"),
+    ],
+)
+def test_malformed_conversations_are_named(tmp_path, line, problem):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(PipelineError, match=problem) as error:
+        load_records(path)
+    assert str(error.value).startswith(f"{path}: line 1: ") and "\n" not in str(error.value)
+
+
+def test_conversations_and_alpaca_records_mix(tmp_path):
+    path = write_jsonl(tmp_path / "mixed.jsonl", [RECORDS[0], {"messages": CONVERSATION, "id": 7}])
+    records = load_records(path)
+    assert records[0].conversation() == [{"role": "user", "content": "reverse a list"}, {"role": "assistant", "content": "items[::-1]"}]
+    assert records[1].conversation() == CONVERSATION
+
+
 # ---- params -----------------------------------------------------------------------------------------
 
 
@@ -333,3 +492,31 @@ def test_params_section(tmp_path):
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
         with pytest.raises(ConfigError, match=f"finetune.{key}"):
             load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("edit, key", [
+    ({"template": "vicuna"}, "finetune.template"),
+    ({"lora": {"rank": 0}}, "finetune.lora.rank"),
+    ({"lora": {"alpha": 0}}, "finetune.lora.alpha"),
+    ({"lora": {"dropout": 1.0}}, "finetune.lora.dropout"),
+    ({"lora": {"targets": []}}, "finetune.lora.targets"),
+    ({"lora": {"targets": ["c attn"]}}, "finetune.lora.targets"),
+    ({"lora": {"rnak": 8}}, "finetune.lora.rnak"),
+    ({"lora": [8]}, "finetune.lora"),
+])
+def test_template_and_lora_params_fail_at_load(tmp_path, edit, key):
+    bad = yaml.safe_load((REPO / "params.yaml").read_text())
+    bad["finetune"].update(edit)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as error:
+        load_params(tmp_path / "params.yaml")
+    assert "\n" not in str(error.value)
+
+
+def test_lora_params_default_and_default_stays_full_fine_tuning(tmp_path):
+    params = load_params(REPO / "params.yaml")
+    assert params.finetune.lora is None and params.finetune.template == "tinygpt-instruct-v1"
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["finetune"]["lora"] = {}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert load_params(tmp_path / "params.yaml").finetune.lora == LoraConfig()

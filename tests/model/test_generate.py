@@ -1,5 +1,6 @@
 """Generation: KV cache equals no cache, sampling filters, EOS stop, the CLI and sample_texts."""
 
+import json
 import os
 import subprocess
 import sys
@@ -95,6 +96,17 @@ def test_stops_at_eos():
         assert torch.equal(out[1], greedy[1]) and (out[0, 4:] == eos).all()
 
 
+def test_stops_at_any_of_several_stop_ids():
+    model = tiny()
+    idx = torch.randint(0, 37, (1, 4))
+    greedy = model.generate(idx, 8, temperature=0)[0, 4:].tolist()
+    first, third = greedy[0], greedy[2]
+    never = next(i for i in range(37) if i not in greedy)
+    out = model.generate(idx, 8, temperature=0, eos_id=[never, third])[0, 4:].tolist()
+    assert out == greedy[: greedy.index(third) + 1]
+    assert model.generate(idx, 8, temperature=0, eos_id=[never, first]).shape == (1, 5)
+
+
 @pytest.fixture
 def char_checkpoint(tmp_path):
     vocab = write_char_vocab(tmp_path / "vocab", CHARS)
@@ -148,3 +160,19 @@ def test_sample_texts(char_checkpoint):
     small = tiny(vocab_size=5)
     with pytest.raises(PipelineError, match="only 5"):
         sample_texts(small, tok, ["ab"], 1, 5, 1.0, None, None, 0)
+
+
+def test_sample_texts_and_the_cli_stop_at_the_template_stop_token(char_checkpoint, capsys):
+    """A template whose stop string is one token of the tokenizer: generation ends at that token."""
+    from model.templates import Template, render_prompt, stop_ids
+
+    model, tok = GPT.load(char_checkpoint), load_tokenizer(char_checkpoint / "tokenizer")
+    free = sample_texts(model, tok, ["abc"], 1, 20, 1.0, None, None, 5)[0][3:]  # seeded: the same path until a stop
+    stop = next(c for c in free[2:] if c not in free[:2])  # a character the reply reaches after a few others
+    template = Template(name="test", user="{content}", stop=stop)
+    assert stop_ids(tok, template) == [int(tok.encode(stop)[0]), tok.eos_id]
+    stopped = sample_texts(model, tok, [render_prompt("abc", None, template)], 1, 20, 1.0, None, None, 5, stop_ids(tok, template))
+    assert stopped == ["abc" + free[: free.index(stop)]]
+    (char_checkpoint / "template.json").write_text(json.dumps(template.to_dict()))
+    main(["--checkpoint", str(char_checkpoint), "--instruction", "abc", "--temperature", "1", "--seed", "5", "--max-new-tokens", "20"])
+    assert capsys.readouterr().out == free[: free.index(stop)] + "\n"

@@ -171,3 +171,16 @@ def test_mismatched_checkpoint_is_one_line_error(tmp_path):
         GPT.load(tmp_path / "ckpt")
     with pytest.raises(PipelineError, match="neither"):
         load_any(tmp_path)
+
+
+def test_gpt_refuses_a_llama_checkpoint_and_reads_old_ones_without_arch(tmp_path):
+    from model.llama import Llama, LlamaConfig
+
+    Llama(LlamaConfig(vocab_size=40, block_size=8, n_layer=1, n_head=2, n_kv_head=1, n_embd=8, intermediate_size=16)).save(tmp_path / "llama")
+    with pytest.raises(PipelineError, match="a 'llama' checkpoint, not 'gpt2'"):
+        GPT.load(tmp_path / "llama")
+    GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=1, n_head=2, n_embd=8)).save(tmp_path / "gpt")
+    config = json.loads((tmp_path / "gpt/model_config.json").read_text())
+    assert config.pop("arch") == "gpt2"
+    (tmp_path / "gpt/model_config.json").write_text(json.dumps(config))  # as written before the Llama layout
+    assert GPT.load(tmp_path / "gpt").config.n_embd == 8

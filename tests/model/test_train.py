@@ -35,9 +35,11 @@ T = 16  # context length of the test data
 TINY = dict(preset=None, n_layer=2, n_head=2, n_embd=32)
 
 
-def make_blocks(path: Path, text: str, n_docs: int, context: int = T, tokenizer: str = "char", extra_vocab: int = 0):
-    """Concatenated documents (EOS after each) cut into blocks of context + 1 tokens, stride context."""
-    tok = CharTokenizer(CHARS)
+def make_blocks(path: Path, text: str, n_docs: int, context: int = T, tokenizer: str = "char", extra_vocab: int = 0, tok=None):
+    """Concatenated documents (EOS after each) cut into blocks of context + 1 tokens, stride context,
+    with the char tokenizer of CHARS or `tok` (whose name then goes into the manifest)."""
+    tokenizer = tok.name if tok is not None else tokenizer
+    tok = tok or CharTokenizer(CHARS)
     ids, seg, doc = [], [], 1
     for i in range(n_docs):
         doc_ids = list(tok.encode(text[i % 7 :] + text[: i % 7])) + [tok.eos_id]
@@ -51,7 +53,7 @@ def make_blocks(path: Path, text: str, n_docs: int, context: int = T, tokenizer:
         s = np.array(seg[r * context : r * context + context + 1])
         segments[r] = s - s[0] + 1
     manifest = {
-        "tokenizer": tokenizer, "vocab_size": tok.vocab_size + extra_vocab, "eos_id": 0, "pad_id": 0,
+        "tokenizer": tokenizer, "vocab_size": tok.vocab_size + extra_vocab, "eos_id": tok.eos_id, "pad_id": tok.pad_id,
         "context_length": context, "mode": "concat", "n_blocks": n, "n_tokens": int(tokens.size),
         "pad_fraction": 0.0, "sources": {}, "inputs": {},
     }
@@ -287,3 +289,76 @@ def test_run_config_and_tags():
     assert config["seed"] == params.seed and config["train"]["lr"] == params.train.lr and config["model"]
     assert config["data_manifests"] == {"train": "abc"} and "git_commit" in config
     assert mixture_tags({"prose": 0.5, "code": 1}) == ["code=1", "prose=0.5"]
+
+
+TINY_LLAMA = dict(arch="llama", preset=None, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, intermediate_size=64, rope_theta=10000.0)
+
+
+def test_llama_layout_trains_resumes_and_continues(tmp_path, capsys, monkeypatch):
+    """`model.arch: llama` goes through the same trainer: it learns, resumes bit for bit, and a
+    trained Llama folder is an `init_from` for continued pretraining."""
+    from model.gpt import load_any
+    from model.llama import Llama
+
+    paths = make_data(tmp_path / "d")
+    train_cfg = cfg(lr=1e-2, min_lr=1e-3, max_iters=60, checkpoint_interval=30, eval_interval=30)
+    result = train(0, ModelConfig(**TINY_LLAMA), train_cfg, **paths)
+    assert isinstance(result.model, Llama) and result.model.config.n_kv_head == 2
+    assert result.summary["train_loss"] < 1.5 and result.summary["val_loss"] < 2.0, result.summary
+    assert isinstance(load_any(paths["out_dir"]), Llama)
+
+    import model.train as train_module
+
+    class Crash(Exception):
+        pass
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise Crash
+
+    real_save = train_module.save_checkpoint
+    resumed = make_data(tmp_path / "resumed")
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        train(0, ModelConfig(**TINY_LLAMA), train_cfg, **resumed)  # dies right after the step-30 checkpoint
+    monkeypatch.undo()
+    capsys.readouterr()
+    train(0, ModelConfig(**TINY_LLAMA), train_cfg, **resumed)
+    assert "train: resuming from" in capsys.readouterr().out
+    a, b = weights(paths["out_dir"]), weights(resumed["out_dir"])
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed at step 30 of 60: same weights"
+
+    more = dict(paths, out_dir=tmp_path / "more", checkpoint_dir=tmp_path / "more_ckpt")
+    again = train(0, ModelConfig(), cfg(max_iters=2, init_from=str(paths["out_dir"])), **more)
+    assert isinstance(again.model, Llama), "the architecture comes from the checkpoint, not the params"
+
+
+def test_continue_pretraining_a_hugging_face_llama_with_its_own_tokenizer(tmp_path):
+    """`tokenizer.name: hf` + `train.init_from` a local LlamaForCausalLM folder: the data fits the
+    model (same tokenizer.json, embedding padded past the tokenizer), training lowers the loss; data
+    of another tokenizer is refused."""
+    transformers = pytest.importorskip("transformers")
+    from model.llama import Llama
+    from pipeline.config import TokenizerConfig
+    from pipeline.tokenizer import load_tokenizer
+    from pipeline.vocab import build_vocab
+    from tests.helpers import write_hf_model_tokenizer
+
+    folder = write_hf_model_tokenizer(tmp_path / "models/tiny", sentencepiece=True)
+    build_vocab(TokenizerConfig(name="hf", path=str(folder)), [], tmp_path / "vocab")
+    tok = load_tokenizer(tmp_path / "vocab")
+    config = transformers.LlamaConfig(vocab_size=tok.vocab_size + 13, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    paths = dict(train_dir=tmp_path / "train", val_dir=tmp_path / "val", vocab_dir=tmp_path / "vocab",
+                 out_dir=tmp_path / "model", checkpoint_dir=tmp_path / "ckpt")
+    make_blocks(paths["train_dir"], TEXTS["prose"] + TEXTS["code"], 30, tok=tok)
+    make_blocks(paths["val_dir"] / "prose", TEXTS["prose"], 6, tok=tok)
+    result = train(0, ModelConfig(), cfg(lr=1e-2, min_lr=1e-3, max_iters=60, eval_interval=0, init_from=str(folder)), **paths)
+    assert isinstance(result.model, Llama) and result.model.config.vocab_size == tok.vocab_size + 13
+    assert result.summary["train_loss"] < 0.5 * np.log(tok.vocab_size), result.summary
+
+    other = make_data(tmp_path / "char")
+    with pytest.raises(PipelineError, match="data tokenized with 'char'"):
+        train(0, ModelConfig(), cfg(max_iters=1, init_from=str(folder)), **other)

@@ -145,6 +145,13 @@ def test_embedded_snapshots_are_large_enough_and_offline(tmp_path):
     assert docs(SourceConfig(format="parquet", path=str(tmp_path / "raw"))) == [t for _, t in prose if t.strip()]
 
 
+def test_package_docs_are_the_installed_packages_readmes():
+    packages = list(documents(SnapshotConfig(format="package-docs"), "snapshots.d"))
+    names = [name for name, _ in packages]
+    assert names == sorted(names) and len(names) == len(set(names)) and "numpy" in names
+    assert all(len(text) >= 200 for _, text in packages)
+
+
 def test_snapshot_needs_a_pinned_hub_revision():
     from pipeline.config import from_dict
 

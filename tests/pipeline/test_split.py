@@ -89,8 +89,8 @@ def test_split_stable_when_other_documents_and_sources_change(tmp_path):
     assert {"val", "train"} == set(alone.values())
 
 
-def test_split_reads_nothing_but_its_own_config():
-    assert list(inspect.signature(split_store).parameters) == ["store", "cfg", "out_dir", "name"]
+def test_split_reads_nothing_but_its_own_config_and_the_dedup_groups():
+    assert list(inspect.signature(split_store).parameters) == ["store", "cfg", "out_dir", "name", "groups"]
 
 
 def test_val_fraction_zero_means_no_val(tmp_path):

@@ -12,6 +12,7 @@ from pipeline.io import write_json
 from pipeline.scan import scan_source
 from pipeline.tokenizer import CharTokenizer, load_tokenizer, tokenizer_info
 from pipeline.vocab import GPT2_SHA256, build_vocab, tiktoken_spec
+from tests.helpers import write_hf_model_tokenizer
 
 
 def test_gpt2_loads_offline_and_matches_known_ids(gpt2_vocab, monkeypatch):
@@ -188,3 +189,47 @@ def test_vocabularies_at_the_same_path_never_mix(tmp_path, monkeypatch, gpt2_voc
     shutil.copytree(bpe, tmp_path / "data" / "vocab")
     assert load_tokenizer("data/vocab").encode("Hello world").tolist() == load_tokenizer(bpe).encode("Hello world").tolist()
     assert load_tokenizer("data/vocab").vocab_size == 300
+
+
+@pytest.mark.parametrize("sentencepiece", [True, False], ids=["llama2-style", "byte-level"])
+def test_a_models_own_tokenizer_is_copied_and_used(tmp_path, sentencepiece):
+    folder = write_hf_model_tokenizer(tmp_path / "models/m", sentencepiece)
+    build_vocab(TokenizerConfig(name="hf", path=str(folder)), [], tmp_path / "vocab")
+    assert (tmp_path / "vocab/tokenizer.json").read_bytes() == (folder / "tokenizer.json").read_bytes()
+    spec = json.loads((tmp_path / "vocab/spec.json").read_text())
+    tok = load_tokenizer(tmp_path / "vocab")
+    assert spec["name"] == "hf-" + hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest()[:16] == tok.name
+    text = "the cat sat on the mat, naïvely\n\tdef f(x): €"
+    ids = tok.encode(text)
+    if sentencepiece:
+        assert spec["bos_id"] == 1 and ids[0] == 1 and tok.eos_id == 2 and spec["stop_ids"] == [2]
+        assert tok.decode(ids[1:]) == text
+    else:
+        assert spec["bos_id"] is None and ids[0] != tok.eos_id and spec["stop_ids"] == [0, 1]
+        assert tok.decode(ids) == text
+    prefix_space = 1 if sentencepiece else 0  # Metaspace's space before the first word
+    assert int(tok.token_bytes()[ids].sum()) == len(text.encode()) + prefix_space, "bits per byte count every byte once"
+    tokens, lengths = tok.encode_batch([text, "cat"])
+    assert lengths[0] == len(ids) and np.array_equal(tokens[: len(ids)], ids)
+
+
+def test_large_hf_vocabularies_use_uint32(tmp_path):
+    from pipeline.store import token_dtype
+
+    folder = write_hf_model_tokenizer(tmp_path / "big", sentencepiece=False, vocab_words=70_000)
+    build_vocab(TokenizerConfig(name="hf", path=str(folder)), [], tmp_path / "vocab")
+    tok = load_tokenizer(tmp_path / "vocab")
+    assert tok.vocab_size > 65_536 and token_dtype(tok.vocab_size) == np.uint32
+    assert tok.encode("word69999").tolist() == [tok.vocab_size - 1]
+
+
+def test_hf_tokenizer_folder_errors_name_the_key(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PipelineError, match="tokenizer.path: .*tokenizer.json not found"):
+        build_vocab(TokenizerConfig(name="hf", path=str(tmp_path / "empty")), [], tmp_path / "vocab")
+    folder = write_hf_model_tokenizer(tmp_path / "m", sentencepiece=False)
+    write_json(folder / "tokenizer_config.json", {})
+    (folder / "generation_config.json").unlink()
+    with pytest.raises(PipelineError, match="no end-of-text token"):
+        build_vocab(TokenizerConfig(name="hf", path=str(folder)), [], tmp_path / "vocab")
+    assert not (tmp_path / "vocab").exists()

@@ -1,0 +1,51 @@
+"""model.fetch: a hub model at a pinned commit, safetensors and configs only (the hub is faked)."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import pytest
+
+from model.fetch import fetch
+from pipeline.errors import PipelineError
+
+SHA = "a" * 40
+HUB = {"config.json": b"{}", "tokenizer.json": b"{}", "model.safetensors": b"weights", "pytorch_model.bin": b"pickle",
+       "README.md": b"card"}
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """snapshot_download that serves HUB's files matching allow_patterns, recording its calls."""
+    import huggingface_hub
+
+    calls = []
+
+    def snapshot_download(repo_id, revision, allow_patterns, local_dir, cache_dir):
+        calls.append((repo_id, revision))
+        for name, data in HUB.items():
+            if any(fnmatch.fnmatch(name, p) for p in allow_patterns):
+                (local_dir / name).write_bytes(data)
+        (local_dir / ".cache").mkdir()
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return calls
+
+
+def test_fetches_safetensors_and_configs_at_the_commit(tmp_path, fake_hub):
+    out = fetch("org/tiny", SHA, tmp_path / "models/tiny")
+    assert fake_hub == [("org/tiny", SHA)]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"], "no pickles, no card"
+
+
+def test_a_moving_revision_is_refused(tmp_path, fake_hub):
+    with pytest.raises(PipelineError, match="--revision: 'main' is not a 40-character commit sha"):
+        fetch("org/tiny", "main", tmp_path / "m")
+    assert fake_hub == [] and not (tmp_path / "m").exists()
+
+
+def test_a_model_without_safetensors_leaves_nothing(tmp_path, fake_hub, monkeypatch):
+    monkeypatch.delitem(HUB, "model.safetensors")
+    with pytest.raises(PipelineError, match="no config.json and safetensors weights"):
+        fetch("org/old", SHA, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
