@@ -39,7 +39,7 @@ def params_for(corpus: Path, mb: float, weights: dict[str, float]) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["sources"] = {name: {"format": "jsonl", "path": str(corpus / f"{name}.jsonl")} for name in ("code", "prose")}
     params["snapshots"] = {}
-    params["tokenizer"] = {"name": "gpt2", "path": "models"}
+    params["tokenizer"] = {"name": "gpt2", "path": "models/README.md"}
     params["split"] = {"val_fraction": 0.01}
     params["mix"] = {"train_tokens": int(0.95 * mb * 1e6 / BYTES_PER_TOKEN), "weights": weights}
     params["pack"] = {"context_length": 1024, "mode": "concat"}

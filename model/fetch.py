@@ -22,7 +22,7 @@ from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_dir
 
 FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-         "special_tokens_map.json", "*.safetensors", "model.safetensors.index.json"]
+         "special_tokens_map.json", "model*.safetensors", "model.safetensors.index.json"]  # not consolidated.* copies
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
@@ -33,9 +33,13 @@ def fetch(repo_id: str, revision: str, out_dir: Path) -> Path:
     if not COMMIT.fullmatch(revision):
         raise PipelineError(f"--revision: {revision!r} is not a 40-character commit sha (branches and tags move)")
     with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory() as cache:
-        snapshot_download(repo_id, revision=revision, allow_patterns=FILES, local_dir=tmp, cache_dir=cache)
+        try:
+            snapshot_download(repo_id, revision=revision, allow_patterns=FILES, local_dir=tmp, cache_dir=cache)
+        except Exception as exc:  # network, auth, unknown repo or revision: one line, nothing left behind
+            raise PipelineError(f"{repo_id}@{revision}: download failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
         shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
-        if not (tmp / "config.json").is_file() or not any(tmp.glob("*.safetensors")):
+        weights = (tmp / "model.safetensors").is_file() or (tmp / "model.safetensors.index.json").is_file()
+        if not (tmp / "config.json").is_file() or not weights:
             raise PipelineError(f"{repo_id}@{revision}: no config.json and safetensors weights (only safetensors models are fetched)")
     return out_dir
 

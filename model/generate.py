@@ -28,14 +28,20 @@ from pipeline.tokenizer import SPEC_FILE, Tokenizer, load_tokenizer
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str, block_size: int) -> list[int]:
-    """Token ids of a prompt; an empty prompt starts from EOS. One-line errors for bad prompts."""
+    """Token ids of a prompt, after BOS when the tokenizer's documents start with one (unless the
+    prompt, e.g. a chat template's, already does); an empty prompt starts from EOS. One-line errors
+    for bad prompts."""
     unknown_chars = getattr(tokenizer, "unknown_chars", None)
     if unknown_chars is not None:
         unknown = unknown_chars(prompt)
         if unknown:
             shown = ", ".join(repr(c) for c in sorted(unknown))
             raise PipelineError(f"prompt has characters the '{tokenizer.name}' vocabulary does not know: {shown}")
-    ids = [int(i) for i in tokenizer.encode(prompt)] or [tokenizer.eos_id]
+    ids = [int(i) for i in tokenizer.encode(prompt)]
+    bos = getattr(tokenizer, "bos_id", None)
+    if bos is not None and ids[:1] != [bos]:
+        ids = [bos] + ids  # documents start with BOS in the token store, so prompts do too
+    ids = ids or [tokenizer.eos_id]
     if len(ids) > block_size:
         raise PipelineError(f"prompt is {len(ids)} tokens, longer than the model's context of {block_size}")
     return ids

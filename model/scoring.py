@@ -40,6 +40,8 @@ def check_compatible(
 ) -> None:
     """Refuse data whose tokenizer, vocab size or context length does not fit the model: one-line PipelineError."""
     data_tok = tokenizer_name(manifest)
+    if tokenizer is not None and data_tok is not None and tokenizer.startswith("hf-") != data_tok.startswith("hf-"):
+        tokenizer = None  # a folder's tokenizer.json hash cannot be compared with a name such as gpt2: sizes must match
     if tokenizer is not None and data_tok is not None and data_tok != tokenizer:
         raise PipelineError(f"{where}: data tokenized with '{data_tok}' but {model_label} uses '{tokenizer}'")
     # A Hugging Face model's embedding may be padded past its tokenizer (same tokenizer.json, checked by hash).

@@ -109,7 +109,7 @@ class TokenizerConfig:
     name: str = "gpt2"  # gpt2 (offline, from the vocab stage) | another tiktoken encoding | char | bpe (trained on your sources) | hf (a model's own)
     vocab_size: int = limit(4096, at_least=260)  # bpe: tokens in the trained vocabulary (256 bytes, EOS, merges)
     sample_bytes: int = limit(50_000_000, at_least=1)  # bpe: at most this many bytes of each source's train documents to learn from
-    path: str = "models"  # hf: the model folder holding tokenizer.json (+ tokenizer_config.json); a DVC dep of the vocab stage
+    path: str = "models/README.md"  # hf: the model folder holding tokenizer.json (+ tokenizer_config.json); a DVC dep of vocab
 
     def validate(self, key: str) -> None:
         import tiktoken

@@ -108,14 +108,20 @@ class Clusters:
             self.parent[max(ra, rb)] = min(ra, rb)
 
     def roots(self) -> np.ndarray:
-        return np.array([self.find(x) for x in range(len(self.parent))], dtype=np.int64)
+        """Every member's root, by pointer jumping (parents are never larger than their children)."""
+        parent = self.parent.copy()
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                return parent
+            parent = grand
 
 
 def link_bands(keys: np.ndarray, members: np.ndarray, clusters: Clusters) -> None:
-    """Join the documents `members` (rows of `keys`) whose keys agree in any band; one band of the
-    (possibly memory-mapped) keys is in memory at a time."""
-    for band in range(keys.shape[1]):
-        column = np.asarray(keys[:, band])[members]
+    """Join the documents `members` (columns of the band-major `keys`, (bands, n)) whose keys agree in
+    any band; one band of the (possibly memory-mapped) keys is in memory at a time."""
+    for band in range(keys.shape[0]):
+        column = np.asarray(keys[band])[members]
         order = np.argsort(column, kind="stable")
         same = column[order[1:]] == column[order[:-1]]
         for a, b in zip(members[order[:-1][same]].tolist(), members[order[1:][same]].tolist()):
@@ -127,7 +133,7 @@ def cluster_texts(texts: list[str], cfg: NearDedupConfig) -> np.ndarray:
     benchmarks and small lists)."""
     keys, has_words = band_keys(texts, cfg)
     clusters = Clusters(len(texts))
-    link_bands(keys, np.flatnonzero(has_words), clusters)
+    link_bands(keys.T, np.flatnonzero(has_words), clusters)
     return clusters.roots()
 
 
@@ -162,7 +168,9 @@ def _init_worker(folders: list[str], vocab_dir: str, cfg: NearDedupConfig) -> No
 def _signature_task(task: tuple[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     store_number, indices = task
     store, tokenizer = _worker["stores"][store_number], _worker["tokenizer"]
-    texts = [tokenizer.decode(store.document(int(i))) for i in indices]
+    bos = getattr(tokenizer, "bos_id", None)
+    documents = (store.document(int(i)) for i in indices)
+    texts = [tokenizer.decode(d[1:] if bos is not None and len(d) and d[0] == bos else d) for d in documents]
     return band_keys(texts, _worker["cfg"])
 
 
@@ -197,13 +205,13 @@ def group_documents(corpus: Corpus, cfg: DedupConfig, vocab_dir: Path, workers: 
 
 def _near_roots(corpus: Corpus, docs: np.ndarray, cfg: NearDedupConfig, vocab_dir: Path, workers: int, scratch: Path) -> np.ndarray:
     """The first member of each of `docs`' near-duplicate clusters (band keys spilled to `scratch`)."""
-    keys = np.lib.format.open_memmap(scratch / "band_keys.npy", mode="w+", dtype=np.uint64, shape=(len(docs), cfg.bands))
+    keys = np.lib.format.open_memmap(scratch / "band_keys.npy", mode="w+", dtype=np.uint64, shape=(cfg.bands, len(docs)))
     has_words = np.zeros(len(docs), dtype=bool)
     at = 0
     folders = [str(s.folder) for s in corpus.stores]
     results = ordered_parallel_map(_signature_task, _tasks(corpus, docs), workers, _init_worker, (folders, str(vocab_dir), cfg))
     for part_keys, part_words in results:
-        keys[at : at + len(part_keys)] = part_keys
+        keys[:, at : at + len(part_keys)] = part_keys.T
         has_words[at : at + len(part_keys)] = part_words
         at += len(part_keys)
     keys.flush()

@@ -16,7 +16,8 @@ named `<prefix>-<seed>-<i>`, so its params, data hashes and metrics are versione
 - **fit** reads `dvc exp show --json`, and for the target (a metric of `metrics/eval.json` such as
   `loss_prose`, `loss`, `bpb_code`, or a weighted sum `loss_prose=0.7,loss_code=0.3`) fits
   Scheffé's quadratic mixture model, y = sum_i b_i s_i + sum_{i<j} b_ij s_i s_j, by numpy least
-  squares on the achieved shares s. Why not LightGBM, as RegMix does: with 12-16 runs a tree model
+  squares on the shares s (the normalised weights; the mix stage achieves them, repeating small
+  sources as needed). Why not LightGBM, as RegMix does: with 12-16 runs a tree model
   has nothing to split on; a quadratic surface has k(k+1)/2 parameters (6 for three sources) and
   is what "Data Mixing Laws" (Ye et al. 2024) approximate locally. Its honesty is checked by
   leave-one-out: each run predicted by the fit on the others. The recommendation minimises the
@@ -178,9 +179,12 @@ def search(rows: list, target: str, prefix: str, max_epochs: float, out_dir: Pat
 
 def _available_tokens(rows: list, runs: list[Run], names: list[str]) -> Optional[dict]:
     """Train tokens each source has (from a run's metrics/mix.json) and the mixture's budget."""
+    fitted = {r.rev for r in runs}
     for row in rows:
         for exp in row.get("experiments") or []:
             for rev in exp.get("revs", []):
+                if rev.get("rev", "")[:7] not in fitted:
+                    continue
                 mix = ((rev.get("data") or {}).get("metrics") or {}).get(MIX_FILE, {}).get("data")
                 if mix and all(n in mix.get("sources", {}) for n in names):
                     tokens = np.array([mix["sources"][n]["available_tokens"] for n in names], dtype=np.float64)
@@ -336,6 +340,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if args.runs < 2:
             raise PipelineError(f"--runs must be >= 2, got {args.runs}")
         current = {n: w for n, w in load_params().mix.weights.items() if w > 0}
+        needed = len(current) * (len(current) + 1) // 2 + 2
+        if args.runs < needed:
+            raise PipelineError(f"--runs: {len(current)} sources need at least {needed} runs to fit ({needed - 2} parameters), got {args.runs}")
         mixtures = sample_mixtures(current, args.runs, args.seed, args.concentration)
         for command in plan_commands(mixtures, parse_sets(args.set), f"{args.prefix}-{args.seed}"):
             print(" ".join(command))

@@ -40,6 +40,8 @@ def split_store(store: TokenStore, cfg: SplitConfig, out_dir: Path, name: str, g
     if groups is None:
         keep, hashes = np.ones(len(store), dtype=bool), store.hashes
     else:
+        if not (groups / KEEP_FILE).is_file():
+            raise PipelineError(f"{groups}: no dedup output for this source (run `dvc repro dedup` first)")
         keep, hashes = np.load(groups / KEEP_FILE, mmap_mode="r"), np.load(groups / SPLIT_HASHES_FILE, mmap_mode="r")
     if len(keep) != len(store):
         raise PipelineError(f"{groups}: made for another token store ({len(keep)} documents, the store has {len(store)}); run `dvc repro dedup`")
@@ -57,6 +59,8 @@ def split_store(store: TokenStore, cfg: SplitConfig, out_dir: Path, name: str, g
                 counts[split]["tokens"] += int(lengths[chosen].sum())
         for writer in writers.values():
             writer.close()
+        if len(store) and not np.any(keep):
+            raise PipelineError(f"sources.{name}: dedup removed every document (copies of another source? see reports/dedup.md)")
         if counts["train"]["docs"] == 0:
             raise PipelineError(f"sources.{name}: every document landed in val; lower split.val_fraction")
         inputs = {"store": sha256_file(store.folder / MANIFEST_FILE)}

@@ -25,7 +25,7 @@ from pipeline.parallel import ordered_parallel_map
 from pipeline.paths import MANIFEST_FILE, TOKENS_DIR, VOCAB_DIR
 from pipeline.sources import ReadStats, ReadTask, read_tasks, task_documents
 from pipeline.store import StoreWriter, token_dtype
-from pipeline.tokenizer import Tokenizer, load_tokenizer, tokenizer_info
+from pipeline.tokenizer import Tokenizer, load_tokenizer, tokenizer_info, with_bos
 
 _worker_tokenizer: Tokenizer | None = None
 
@@ -49,7 +49,7 @@ def _init_worker(vocab_dir: str) -> None:
 def encode_task(task: ReadTask) -> Batch:
     """Read, tokenize and hash one task's documents (runs in a worker)."""
     docs, stats = task_documents(task)
-    tokens, lengths = _worker_tokenizer.encode_batch(docs)
+    tokens, lengths = with_bos(_worker_tokenizer, *_worker_tokenizer.encode_batch(docs))
     hashes, text_bytes = content_hashes(docs)
     return Batch(tokens=tokens, lengths=lengths, hashes=hashes, text_bytes=text_bytes, stats=stats)
 

@@ -155,8 +155,9 @@ class CharTokenizer:
 
 class HFTokenizer:
     """A Hugging Face `tokenizer.json` through the `tokenizers` library: a BPE trained on the sources,
-    or a model's own tokenizer (`tokenizer.name: hf`). With `bos_text`, every encoded text starts
-    with that token (models such as Llama 2 and TinyLlama expect BOS at each document start)."""
+    or a model's own tokenizer (`tokenizer.name: hf`). `bos_id` (from `bos_text`) is the token the
+    model expects at each document start (Llama 2, TinyLlama); `encode` never adds it: the tokenize
+    stage puts it before every document and generation before a prompt (`with_bos`)."""
 
     def __init__(self, name: str, path: Path, eos_text: str, bos_text: Optional[str] = None):
         from tokenizers import Tokenizer as Backend
@@ -171,17 +172,15 @@ class HFTokenizer:
         self.bos_id = None if bos_text is None else self._backend.token_to_id(bos_text)
         if bos_text is not None and self.bos_id is None:
             raise PipelineError(f"{path}: no token {bos_text!r} (the beginning-of-text token)")
-        self._start = [] if self.bos_id is None else [self.bos_id]
         self._dtype = np.uint16 if self.vocab_size <= 1 << 16 else np.uint32
-        self._byte_level = '"ByteLevel"' in json.dumps(json.loads(self._backend.to_str()).get("decoder"))
 
     def encode(self, text: str) -> np.ndarray:
-        return np.asarray(self._start + self._backend.encode(text, add_special_tokens=False).ids, dtype=self._dtype)
+        return np.asarray(self._backend.encode(text, add_special_tokens=False).ids, dtype=self._dtype)
 
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         encodings = self._backend.encode_batch(list(texts), add_special_tokens=False)
-        lengths = np.fromiter((len(self._start) + len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        tokens = np.fromiter((i for e in encodings for i in self._start + e.ids), dtype=self._dtype, count=int(lengths.sum()))
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        tokens = np.fromiter((i for e in encodings for i in e.ids), dtype=self._dtype, count=int(lengths.sum()))
         return tokens, lengths
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -194,16 +193,27 @@ class HFTokenizer:
         text has). Other special tokens 0."""
         out = np.zeros(self.vocab_size, dtype=np.int64)
         special = {t.content for t in self._backend.get_added_tokens_decoder().values() if t.special}
+        byte_level = '"ByteLevel"' in json.dumps(json.loads(self._backend.to_str()).get("decoder"))
         for token, i in self._backend.get_vocab(with_added_tokens=True).items():
-            if not self._byte_level and len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+            if not byte_level and len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
                 out[i] = 1
             elif token in special:
                 continue
-            elif self._byte_level:
+            elif byte_level:
                 out[i] = len(token)
             else:
                 out[i] = len(token.replace("\u2581", " ").encode("utf-8", "surrogatepass"))
         return out
+
+
+def with_bos(tokenizer: Tokenizer, tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Documents back to back (`encode_batch`'s output) with the tokenizer's BOS before each, when it
+    has one (`bos_id`); unchanged otherwise."""
+    bos = getattr(tokenizer, "bos_id", None)
+    if bos is None or not len(lengths):
+        return tokens, lengths
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return np.insert(tokens, starts, np.asarray(bos, dtype=tokens.dtype)), lengths + 1
 
 
 def hf_tokenizer_name(tokenizer_file: Path) -> str:

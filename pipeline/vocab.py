@@ -205,9 +205,12 @@ def copy_hf(folder: Path, out_dir: Path) -> None:
     if not source.is_file():
         raise PipelineError(f"tokenizer.path: {source} not found (a Hugging Face model or tokenizer folder)")
     files = {name: (folder / name).read_bytes() for name in (HF_TOKENIZER_FILE, *HF_CONFIG_FILES) if (folder / name).is_file()}
-    config = json.loads(files.get(HF_CONFIG_FILES[0], b"{}"))
-    generation = json.loads(files.get(HF_CONFIG_FILES[1], b"{}"))
-    backend = Backend.from_file(str(source))
+    try:
+        config = json.loads(files.get(HF_CONFIG_FILES[0], b"{}"))
+        generation = json.loads(files.get(HF_CONFIG_FILES[1], b"{}"))
+        backend = Backend.from_file(str(source))
+    except Exception as exc:  # malformed JSON or a tokenizer.json the library cannot read
+        raise PipelineError(f"tokenizer.path: {folder}: unreadable tokenizer files ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     eos_ids = _as_ids(generation.get("eos_token_id"))
     eos_text = _token_text(config.get("eos_token")) or (backend.id_to_token(eos_ids[0]) if eos_ids else None)
     if eos_text is None or backend.token_to_id(eos_text) is None:

@@ -102,18 +102,18 @@ def test_experiments_rerun_from_mix_and_compare(clones):
 
 
 def test_mixture_search_plans_runs_and_fits_through_dvc(clones):
-    """plan -> dvc exp run --run-all -> fit, on the tiny project: four proxy runs over a grid of the
+    """plan -> dvc exp run --run-all -> fit, on the tiny project: five proxy runs over a grid of the
     two sources, a recommendation inside the sampled range, and the command that runs it."""
     _, repo = clones
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline"], repo)
-    planned = run(["python", "-m", "pipeline.mixsearch", "plan", "--runs", "4", "--set", "train.max_iters=6",
+    planned = run(["python", "-m", "pipeline.mixsearch", "plan", "--runs", "5", "--set", "train.max_iters=6",
                    "--set", "model.preset=cpu-tiny"], repo).stdout
-    assert planned.count("dvc exp run --queue -n mixsearch-0-") == 4
+    assert planned.count("dvc exp run --queue -n mixsearch-0-") == 5
     run(["dvc", "exp", "run", "--run-all"], repo)
     run(["python", "-m", "pipeline.mixsearch", "fit", "--target", "loss_notes"], repo)
     result = json.loads((repo / "reports/mixsearch.json").read_text())
-    assert result["runs"] == 4 and set(result["recommended"]) == {"notes", "records"}
+    assert result["runs"] == 5 and set(result["recommended"]) == {"notes", "records"}
     assert 0.05 - 1e-9 <= result["recommended"]["notes"] <= 0.95 + 1e-9
     assert result["command"].startswith("dvc exp run -S mix.weights.notes=")
     assert (repo / "reports/mixsearch_surface.png").is_file()

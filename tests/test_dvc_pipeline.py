@@ -34,7 +34,7 @@ TINY_PARAMS = {
         "records": {"format": "jsonl", "path": "corpus/records.jsonl"},
     },
     "snapshots": {},
-    "tokenizer": {"name": "char", "path": "models"},
+    "tokenizer": {"name": "char", "path": "models/README.md"},
     "split": {"val_fraction": 0.2},
     "mix": {"train_tokens": 3000, "weights": {"notes": 0.5, "records": 0.5}},
     "pack": {"context_length": 32, "mode": "bestfit"},

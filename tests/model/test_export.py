@@ -10,6 +10,7 @@ transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
 from model.export import export, generation_config, main  # noqa: E402
+from model.generate import encode_prompt  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
 from model.llama import Llama, LlamaConfig  # noqa: E402
 from pipeline.bpe import train_bpe  # noqa: E402
@@ -48,7 +49,7 @@ def hf_generate(folder, prompt: str, n: int) -> tuple[list[int], str]:
 
 
 def our_generate(model, tokenizer, prompt: str, n: int) -> list[int]:
-    idx = torch.tensor([[int(i) for i in tokenizer.encode(prompt)]])
+    idx = torch.tensor([encode_prompt(tokenizer, prompt, model.config.block_size)])
     return model.generate(idx, n, temperature=0, eos_id=tokenizer.eos_id)[0].tolist()
 
 
@@ -188,7 +189,7 @@ def test_a_models_own_tokenizer_keeps_its_bos_and_settings(tmp_path, own_setting
     written = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
     assert (written == settings) == own_settings and written["bos_token"] == "<s>"
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    assert theirs.encode(PROMPT) == [int(i) for i in tokenizer.encode(PROMPT)] and theirs.encode(PROMPT)[0] == bos
+    assert theirs.encode(PROMPT) == encode_prompt(tokenizer, PROMPT, 64) and theirs.encode(PROMPT)[0] == bos
     ids, _ = hf_generate(tmp_path / "hf", PROMPT, 8)
     assert ids == our_generate(model, tokenizer, PROMPT, 8)
     generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())

@@ -11,7 +11,7 @@ from pipeline.errors import PipelineError
 
 SHA = "a" * 40
 HUB = {"config.json": b"{}", "tokenizer.json": b"{}", "model.safetensors": b"weights", "pytorch_model.bin": b"pickle",
-       "README.md": b"card"}
+       "consolidated.safetensors": b"a second copy", "README.md": b"card"}
 
 
 @pytest.fixture
@@ -48,4 +48,16 @@ def test_a_model_without_safetensors_leaves_nothing(tmp_path, fake_hub, monkeypa
     monkeypatch.delitem(HUB, "model.safetensors")
     with pytest.raises(PipelineError, match="no config.json and safetensors weights"):
         fetch("org/old", SHA, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_hub_errors_are_one_line_and_leave_nothing(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no route to the hub\nlong traceback text")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(PipelineError, match=r"org/tiny@a{40}: download failed \(ConnectionError: no route to the hub\)$"):
+        fetch("org/tiny", SHA, tmp_path / "m")
     assert not (tmp_path / "m").exists()

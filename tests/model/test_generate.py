@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from model.generate import main, sample_texts
+from model.generate import encode_prompt, main, sample_texts
 from model.gpt import GPT, GPTConfig, sample_next
 from tests.helpers import write_char_vocab
 from pipeline.errors import PipelineError
@@ -176,3 +176,17 @@ def test_sample_texts_and_the_cli_stop_at_the_template_stop_token(char_checkpoin
     (char_checkpoint / "template.json").write_text(json.dumps(template.to_dict()))
     main(["--checkpoint", str(char_checkpoint), "--instruction", "abc", "--temperature", "1", "--seed", "5", "--max-new-tokens", "20"])
     assert capsys.readouterr().out == free[: free.index(stop)] + "\n"
+
+
+def test_prompts_start_with_bos_once_when_documents_do(tmp_path):
+    from pipeline.config import TokenizerConfig
+    from pipeline.tokenizer import load_tokenizer
+    from pipeline.vocab import build_vocab
+    from tests.helpers import write_hf_model_tokenizer
+
+    folder = write_hf_model_tokenizer(tmp_path / "m", sentencepiece=True)
+    build_vocab(TokenizerConfig(name="hf", path=str(folder)), [], tmp_path / "vocab")
+    tok = load_tokenizer(tmp_path / "vocab")
+    ids = encode_prompt(tok, "the cat", 64)
+    assert ids[0] == tok.bos_id and ids[1:] == tok.encode("the cat").tolist()
+    assert encode_prompt(tok, "<s>[INST] the cat", 64).count(tok.bos_id) == 1, "a template's own <s> is the BOS"

@@ -360,5 +360,18 @@ def test_continue_pretraining_a_hugging_face_llama_with_its_own_tokenizer(tmp_pa
     assert result.summary["train_loss"] < 0.5 * np.log(tok.vocab_size), result.summary
 
     other = make_data(tmp_path / "char")
-    with pytest.raises(PipelineError, match="data tokenized with 'char'"):
+    with pytest.raises(PipelineError, match="vocab size 39 does not match"):
         train(0, ModelConfig(), cfg(max_iters=1, init_from=str(folder)), **other)
+
+
+def test_a_hugging_face_gpt2_folder_fits_gpt2_data():
+    """A fetched GPT-2 folder is named by its tokenizer.json hash, gpt2 data by name: not comparable,
+    so the vocabulary size decides (and must match exactly)."""
+    from model.scoring import check_compatible
+
+    manifest = {"tokenizer": "gpt2", "vocab_size": 50257, "context_length": 64}
+    check_compatible(manifest, "data", 50257, 1024, "hf-0123456789abcdef", "init_from")
+    with pytest.raises(PipelineError, match="vocab size 50257 does not match"):
+        check_compatible(manifest, "data", 50304, 1024, "hf-0123456789abcdef", "init_from")
+    with pytest.raises(PipelineError, match="data tokenized with 'hf-aaaa'"):
+        check_compatible({**manifest, "tokenizer": "hf-aaaa"}, "data", 50257, 1024, "hf-bbbb", "init_from")

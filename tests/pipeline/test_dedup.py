@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.config import ConfigError, DedupConfig, NearDedupConfig, SplitConfig, from_dict
 from pipeline.dedup import Clusters, Corpus, band_keys, cluster_texts, dedup, shingles
+from pipeline.errors import PipelineError
 from pipeline.io import read_json
 from pipeline.split import split_store
 from pipeline.tokenizer import load_tokenizer
@@ -157,3 +158,12 @@ def test_split_refuses_groups_of_another_store(tmp_path):
     run(tmp_path, corpus, vocab)
     with pytest.raises(Exception, match="another token store"):
         split_store(corpus.stores[0], SplitConfig(val_fraction=0.3), tmp_path / "s", "web", groups=tmp_path / "out" / "books")
+
+
+def test_split_names_a_source_that_dedup_emptied_or_never_saw(tmp_path):
+    corpus, vocab = make_corpus(tmp_path, PLANTED[:20], PLANTED[:20])  # books is a copy of web
+    run(tmp_path, corpus, vocab, near={"enabled": False})
+    with pytest.raises(PipelineError, match="sources.books: dedup removed every document"):
+        split_store(corpus.stores[1], SplitConfig(val_fraction=0.3), tmp_path / "s", "books", groups=tmp_path / "out" / "books")
+    with pytest.raises(PipelineError, match="no dedup output for this source"):
+        split_store(corpus.stores[1], SplitConfig(val_fraction=0.3), tmp_path / "s", "books", groups=tmp_path / "nowhere" / "books")

@@ -10,7 +10,7 @@ from pipeline.config import SourceConfig, SplitConfig, TokenizerConfig
 from pipeline.errors import PipelineError
 from pipeline.io import write_json
 from pipeline.scan import scan_source
-from pipeline.tokenizer import CharTokenizer, load_tokenizer, tokenizer_info
+from pipeline.tokenizer import CharTokenizer, load_tokenizer, tokenizer_info, with_bos
 from pipeline.vocab import GPT2_SHA256, build_vocab, tiktoken_spec
 from tests.helpers import write_hf_model_tokenizer
 
@@ -202,8 +202,10 @@ def test_a_models_own_tokenizer_is_copied_and_used(tmp_path, sentencepiece):
     text = "the cat sat on the mat, naïvely\n\tdef f(x): €"
     ids = tok.encode(text)
     if sentencepiece:
-        assert spec["bos_id"] == 1 and ids[0] == 1 and tok.eos_id == 2 and spec["stop_ids"] == [2]
-        assert tok.decode(ids[1:]) == text
+        assert spec["bos_id"] == 1 == tok.bos_id and ids[0] != 1 and tok.eos_id == 2 and spec["stop_ids"] == [2]
+        assert tok.decode(ids) == text
+        tokens, lengths = with_bos(tok, *tok.encode_batch([text, "cat"]))  # what the tokenize stage stores
+        assert lengths[0] == len(ids) + 1 and tokens[0] == 1 and tokens[lengths[0]] == 1 and np.array_equal(tokens[1 : len(ids) + 1], ids)
     else:
         assert spec["bos_id"] is None and ids[0] != tok.eos_id and spec["stop_ids"] == [0, 1]
         assert tok.decode(ids) == text
