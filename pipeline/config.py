@@ -215,7 +215,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     device: str = limit("cpu", pattern=DEVICE_PATTERN)  # cpu | cuda | cuda:N | auto (cuda when available)
-    init_from: Optional[str] = None  # a Hugging Face GPT-2 folder or a tinyGPT checkpoint folder
+    init_from: Optional[str] = None  # a tinyGPT checkpoint or a Hugging Face folder (GPT-2, Llama, Qwen2, Mistral)
     batch_size: int = limit(12, at_least=1)  # blocks per micro-batch (per process under DDP)
     grad_accum: int = limit(1, at_least=1)  # micro-batches per optimizer step
     max_iters: int = limit(2000, at_least=1)  # optimizer steps
