@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from pathlib import Path
 
@@ -146,19 +147,35 @@ def bad_value(rules: dict):
 
 
 def constrained_fields() -> list[tuple[str, str, object]]:
-    """(section, field, bad value) for every field of every section that declares a limit."""
+    """(section, field, bad value) for every field that declares a limit, in every section and in the
+    sections nested inside them (`dedup.near`, `finetune.lora`)."""
     out = []
+
+    def walk(cls, path: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            inner = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
+            target = inner[0] if len(inner) == 1 and typing.get_origin(hints[f.name]) in (typing.Union, types.UnionType) else hints[f.name]
+            if dataclasses.is_dataclass(target):
+                walk(target, f"{path}.{f.name}")
+            elif f.metadata:
+                out.append((path, f.name, bad_value(f.metadata)))
+
     for section in dataclasses.fields(Params):
         cls = typing.get_type_hints(Params)[section.name]
         if dataclasses.is_dataclass(cls):
-            out += [(section.name, f.name, bad_value(f.metadata)) for f in dataclasses.fields(cls) if f.metadata]
+            walk(cls, section.name)
     return out
 
 
 @pytest.mark.parametrize("section, name, value", constrained_fields())
 def test_every_limited_field_rejects_a_bad_value_at_load(tmp_path, section, name, value):
-    params = default_params()
-    params.setdefault(section, {})[name] = value
+    params = node = default_params()
+    for part in section.split("."):
+        if not isinstance(node.get(part), dict):
+            node[part] = {}  # an absent or null (optional) section
+        node = node[part]
+    node[name] = value
     with pytest.raises(ConfigError) as error:
         load_params(write(tmp_path, params))
     assert f"{section}.{name}" in str(error.value) and "\n" not in str(error.value)
