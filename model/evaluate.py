@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from model.runtime import resolve_device
-from model.scoring import check_compatible, load_val_sets, score_blocks, spread_rows, tokenizer_name
+from model.scoring import check_compatible, folder_tokenizer, load_val_sets, score_blocks, spread_rows
 from pipeline.blocks import Blocks, load_blocks
 from pipeline.config import EvaluateConfig, load_params
 from pipeline.errors import PipelineError, cli
-from pipeline.io import read_json, write_json
-from pipeline.paths import METRICS_DIR, MODEL_DIR, TRAIN_BLOCKS, TRAIN_MANIFEST_FILE, VAL_BLOCKS
+from pipeline.io import write_json
+from pipeline.paths import METRICS_DIR, MODEL_DIR, TRAIN_BLOCKS, VAL_BLOCKS
 
 METRICS_FILE = METRICS_DIR / "eval.json"
 
@@ -88,8 +88,7 @@ def evaluate(model_dir: str | Path, val_dir: str | Path, cfg: EvaluateConfig, tr
     if not (model_dir / "model_config.json").is_file():
         raise PipelineError(f"{model_dir}: no trained model (run `dvc repro train` first?)")
     model = load_any(model_dir, map_location=device).to(device)
-    trained_on = model_dir / TRAIN_MANIFEST_FILE
-    tokenizer = tokenizer_name(read_json(trained_on)) if trained_on.is_file() else None
+    tokenizer = folder_tokenizer(model_dir)
     val = load_val_sets(val_dir)
     for name, blocks in val.items():
         check_compatible(

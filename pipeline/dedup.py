@@ -244,7 +244,7 @@ def dedup(corpus: Corpus, cfg: DedupConfig, vocab_dir: Path, out_dir: Path, work
         metrics = dedup_metrics(corpus, cfg, exact_first, final_first, keep)
         text = report(corpus, tokenizer, cfg, final_first, metrics)
         inputs = {name: sha256_file(store.folder / MANIFEST_FILE) for name, store in zip(corpus.names, corpus.stores)}
-        write_json(tmp / MANIFEST_FILE, {"dedup": _as_dict(cfg), "inputs": inputs})
+        write_json(tmp / MANIFEST_FILE, {"dedup": asdict(cfg), "inputs": inputs})
     return metrics, text
 
 
@@ -256,7 +256,7 @@ def dedup_metrics(corpus: Corpus, cfg: DedupConfig, exact_first: np.ndarray, fin
     near_copy = (doc == exact_first) & ~keep
     cluster_sizes = np.bincount(final_first[doc == exact_first], minlength=len(corpus))
     first_source = np.searchsorted(corpus.starts, exact_first, side="right") - 1
-    out: dict = {"sources": {}, "settings": _as_dict(cfg)}
+    out: dict = {"sources": {}, "settings": asdict(cfg)}
     for s, name in enumerate(corpus.names):
         part = slice(corpus.starts[s], corpus.starts[s + 1])
         tokens = corpus.lengths[part]
@@ -274,7 +274,7 @@ def dedup_metrics(corpus: Corpus, cfg: DedupConfig, exact_first: np.ndarray, fin
 
 def report(corpus: Corpus, tokenizer: Tokenizer, cfg: DedupConfig, final_first: np.ndarray, metrics: dict) -> str:
     """Markdown: what was removed per source, and the largest groups with the start of their kept document."""
-    lines = ["# Deduplication", "", f"Settings: `{_as_dict(cfg)}`", "",
+    lines = ["# Deduplication", "", f"Settings: `{asdict(cfg)}`", "",
              "| source | docs | exact removed | near removed | near clusters | kept docs | kept tokens |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, m in metrics["sources"].items():
         lines.append(f"| {name} | {m['docs']} | {m['exact_removed_docs']} | {m['near_removed_docs']} | {m['near_clusters']} | {m['kept_docs']} | {m['kept_tokens']} |")
@@ -289,10 +289,6 @@ def report(corpus: Corpus, tokenizer: Tokenizer, cfg: DedupConfig, final_first: 
         spread = ", ".join(f"{corpus.names[k]} {n}" for k, n in enumerate(per_source) if n)
         lines += [f"{rank}. **{sizes[first]} documents** ({spread}); kept: {corpus.names[s]} #{i}", "", "   > " + text.replace("\n", "\n   > "), ""]
     return "\n".join(lines) + "\n"
-
-
-def _as_dict(cfg: DedupConfig) -> dict:
-    return asdict(cfg)
 
 
 @cli
