@@ -58,7 +58,7 @@ def train_speed(model, batch: int, seq: int, steps: int) -> float:
         _, loss = model(data[i, :, :-1], targets=data[i, :, 1:])
         loss.backward()
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         if i >= 2:
             seconds += time.perf_counter() - start
     del optimizer

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model.gpt import GPT, GPTConfig  # noqa: E402
 from model.optim import adamw  # noqa: E402
-from model.train import BlockOrder, Position  # noqa: E402
+from model.stream import BlockOrder, Position  # noqa: E402
 from pipeline.blocks import load_blocks  # noqa: E402
 from pipeline.config import ModelConfig  # noqa: E402
 
@@ -48,7 +48,7 @@ def step_seconds(blocks, batch: int, preset: str, steps: int) -> float:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         times.append(time.perf_counter() - start)
     return float(np.median(times[1:]))
 

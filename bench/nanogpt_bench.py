@@ -1,6 +1,6 @@
 """The trainer against nanoGPT's `train.py`, side by side, on nanoGPT's documented CPU run.
 
-    python bench/nanogpt_bench.py --nanogpt DIR [--iters 2000] [--repeat 2]
+    python bench/nanogpt_bench.py --nanogpt DIR [--iters 2000] [--recipe-iters 1000] [--repeat 2] [--shares]
 
 DIR is a checkout of nanoGPT (e.g. `git clone https://github.com/karpathy/nanoGPT`); the bench
 copies it into a temp folder and runs its own `train.py` there. Nothing of nanoGPT is in this repo.
@@ -16,9 +16,15 @@ after each, the first 90% for training and the last 10% for validation, as chara
   `pack` stage's concat mode makes), a seeded permutation per epoch; the same evaluation cadence
   and size (every 250 steps, 480 val blocks: nanoGPT scores 20 x 12 train and 20 x 12 val windows),
   a checkpoint at every evaluation (nanoGPT saves when val improves).
-Both are timed from process start to exit (wall clock), with the time each evaluation line
-appears. Reported: nanoGPT's wall time and final val loss (iteration 2000), and when our trainer's
-val loss first reaches that value (at an evaluation), as a fraction of nanoGPT's wall time.
+- ours, modern recipe: the same size and data, `model.recipe: modern` and `train.optimizer: muon`
+  (AdamW lr 3e-3 for embeddings and gains, Muon 0.02 for the hidden matrices), `--recipe-iters`
+  steps (warmup scaled alike), the same evaluation cadence (every 250 steps, 480 blocks).
+  `--shares` adds Muon on GPT-2's layers (the recipe's steps), and the modern layers with AdamW
+  (GPT-2's recipe otherwise), to split the gain.
+Each is timed from process start to exit (wall clock), with the time each evaluation line
+appears (the time-to-loss curve). Reported: nanoGPT's wall time and final val loss (iteration
+2000), and when each of our runs first reaches that value (at an evaluation), as a fraction of
+nanoGPT's wall time.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from pipeline.tokenizer import CharTokenizer  # noqa: E402
 
 VAL_FRACTION = 0.1
 CONFIG = dict(n_layer=4, n_head=4, n_embd=128, block=64, batch=12, lr=1e-3, min_lr=1e-4, warmup=100, eval_interval=250)
+RECIPE_LR = 3e-3  # AdamW's LR (embeddings, gains) under the modern recipe; Muon's is train.muon_lr's default
 OURS = """
 import json, sys
 from pathlib import Path
@@ -114,6 +121,8 @@ def main() -> None:
     p.add_argument("--nanogpt", type=Path, required=True, help="a nanoGPT checkout")
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--recipe-iters", type=int, default=1000, help="steps of the modern recipe's run")
+    p.add_argument("--shares", action="store_true", help="also Muon alone and the modern layers alone")
     p.add_argument("--compile", action="store_true", help="ours with train.compile: true")
     args = p.parse_args()
     tok, ids = char_stream()
@@ -131,31 +140,48 @@ def main() -> None:
                     "--compile=False", "--eval_iters=20", "--log_interval=1", f"--block_size={c['block']}",
                     f"--batch_size={c['batch']}", f"--n_layer={c['n_layer']}", f"--n_head={c['n_head']}", f"--n_embd={c['n_embd']}",
                     f"--max_iters={args.iters}", f"--lr_decay_iters={args.iters}", "--dropout=0.0", f"--out_dir={tmp / 'nano-out'}"]
-        spec = {"model": dict(preset=None, n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"], dropout=0.0, bias=False),
-                "train": dict(device="cpu", batch_size=c["batch"], max_iters=args.iters, lr=c["lr"], min_lr=c["min_lr"],
-                              warmup_iters=c["warmup"], beta2=0.99, eval_interval=c["eval_interval"], eval_blocks=480,
-                              checkpoint_interval=c["eval_interval"], log_interval=10, peak_flops=-1.0, compile=args.compile),
-                "paths": paths}
-        (tmp / "spec.json").write_text(json.dumps(spec))
+        base_model = dict(preset=None, n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"], dropout=0.0, bias=False)
+        base_train = dict(device="cpu", batch_size=c["batch"], max_iters=args.iters, lr=c["lr"], min_lr=c["min_lr"],
+                          warmup_iters=c["warmup"], beta2=0.99, eval_interval=c["eval_interval"], eval_blocks=480,
+                          checkpoint_interval=c["eval_interval"], log_interval=10, peak_flops=-1.0, compile=args.compile)
+        recipe_train = dict(base_train, max_iters=args.recipe_iters, warmup_iters=round(c["warmup"] * args.recipe_iters / args.iters),
+                            min_lr=c["min_lr"] * RECIPE_LR / c["lr"], lr=RECIPE_LR, optimizer="muon")
+        ours = {"ours, GPT-2 recipe": (base_model, base_train), "ours, modern recipe": (dict(base_model, recipe="modern"), recipe_train)}
+        if args.shares:
+            ours["ours, Muon on GPT-2 layers"] = (base_model, recipe_train)
+            ours["ours, modern layers with AdamW"] = (dict(base_model, recipe="modern"), base_train)
         (tmp / "ours.py").write_text(OURS)
         for run in range(args.repeat):
             shutil.rmtree(tmp / "nano-out", ignore_errors=True)
             nano_wall, nano_evals = timed_run(nano_cmd, repo, r"step (\d+): train loss [\d.]+, val loss ([\d.]+)", env)
-            for name in ("model", "checkpoints"):
-                shutil.rmtree(tmp / "ours" / name, ignore_errors=True)
-            ours_wall, ours_evals = timed_run([sys.executable, str(tmp / "ours.py"), str(tmp / "spec.json")], ROOT,
-                                              r"step (\d+): val loss ([\d.]+)", env)
             target = nano_evals[-1][2]
-            reached = next(((t, s) for t, s, loss in ours_evals if loss <= target), (None, None))
-            rows.append(dict(run=run + 1, nano_wall=nano_wall, nano_val=target, ours_wall=ours_wall, ours_val=ours_evals[-1][2],
-                             reached_s=reached[0], reached_step=reached[1], nano_evals=nano_evals, ours_evals=ours_evals))
+            rows.append(dict(run=run + 1, name="nanoGPT train.py", wall=nano_wall, val=target, reached_s=nano_wall,
+                             reached_step=nano_evals[-1][1], evals=nano_evals, nano_wall=nano_wall))
             print(json.dumps(rows[-1]), flush=True)
-    print("\n| run | nanoGPT wall s | nanoGPT val (2000) | ours: wall s | ours: val (2000) | ours reaches nanoGPT's val at | **time to nanoGPT's val / nanoGPT's wall** |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+            for name, (model, train) in ours.items():
+                for folder in ("model", "checkpoints"):
+                    shutil.rmtree(tmp / "ours" / folder, ignore_errors=True)
+                (tmp / "spec.json").write_text(json.dumps({"model": model, "train": train, "paths": paths}))
+                wall, evals = timed_run([sys.executable, str(tmp / "ours.py"), str(tmp / "spec.json")], ROOT,
+                                        r"step (\d+): val loss ([\d.]+)", env)
+                reached = next(((t, s) for t, s, loss in evals if loss <= target), (None, None))
+                rows.append(dict(run=run + 1, name=name, wall=wall, val=evals[-1][2], reached_s=reached[0], reached_step=reached[1],
+                                 evals=evals, nano_wall=nano_wall))
+                print(json.dumps(rows[-1]), flush=True)
+    report(rows)
+
+
+def report(rows: list[dict]) -> None:
+    """The side-by-side table, then each run's time-to-loss curve."""
+    print("\n| run | trainer | steps | wall s | final val | reaches nanoGPT's final val at | **time to it / nanoGPT's wall** |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         when = f"step {r['reached_step']}, {r['reached_s']:.1f} s" if r["reached_s"] else "not reached"
         ratio = f"**{r['reached_s'] / r['nano_wall']:.2f}x**" if r["reached_s"] else "-"
-        print(f"| {r['run']} | {r['nano_wall']:.1f} | {r['nano_val']:.4f} | {r['ours_wall']:.1f} | {r['ours_val']:.4f} | {when} | {ratio} |")
+        print(f"| {r['run']} | {r['name']} | {r['evals'][-1][1]} | {r['wall']:.1f} | {r['val']:.4f} | {when} | {ratio} |")
+    print("\nTime-to-loss curves (seconds from process start, val loss) at each evaluation:\n")
+    for r in rows:
+        print(f"- run {r['run']}, {r['name']}: " + ", ".join(f"{s} {t:.1f}s {v:.4f}" for t, s, v in r["evals"]))
 
 
 if __name__ == "__main__":

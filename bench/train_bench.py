@@ -1,7 +1,6 @@
 """Training throughput benchmarks through the project's real trainer (`model.train.train`).
 
     python bench/train_bench.py [--iters 2000] [--repeat 2] [--medium-iters 12] [--skip-small] [--skip-medium]
-    python bench/train_bench.py --cuda [--cuda-iters 30]        # GPU only; UNTESTED (no GPU here)
 
 Parts:
 
@@ -27,9 +26,7 @@ Parts:
     1024, 2048 and 4096, measured before and after the training run; the trainer's own
     `measure_matmul_flops` is reported too). That ratio is what the trainer prints as MFU on CPU
     when `train.peak_flops` is set to the measured peak.
-(c) `--cuda`: GPT-2 124M (preset gpt2, vocab padded to 50304, block 1024) in bf16 autocast with
-    `torch.compile` through the same trainer on random token ids; MFU against the trainer's
-    table of bf16 dense peaks (H100/H200 989 TFLOP/s). Written without a GPU at hand: UNTESTED.
+The GPU side (GPT-2 124M in bf16 with compile, and more) is `bench/gpu_check.py`.
 
 "other procs (cores)": CPU time that OTHER processes used during the run, divided by its wall time
 (/proc/stat minus this process), i.e. how much of the 2 cores was taken from the benchmark.
@@ -142,7 +139,7 @@ def make_random_data(root: Path, context: int, vocab_size: int, id_range: int, n
 def run_train(data: dict, model_cfg: ModelConfig, cfg: TrainConfig, quiet: bool = True) -> dict:
     """One fresh `train(...)` call (new out/checkpoint folders: nothing to resume); its wall time and numbers."""
     with tempfile.TemporaryDirectory(prefix="train-bench-run-") as tmp:
-        tracker = Tracker(None)  # history only: no files, W&B disabled
+        tracker = Tracker(Path(tmp) / "metrics", timing_file=Path(tmp) / "timing.json")  # W&B disabled
         sink = io.StringIO()
         redirect = contextlib.redirect_stderr(sink) if quiet else contextlib.nullcontext()  # the tqdm bar
         start = time.perf_counter()
@@ -153,8 +150,7 @@ def run_train(data: dict, model_cfg: ModelConfig, cfg: TrainConfig, quiet: bool 
                 vocab_dir=data["vocab_dir"], tracker=tracker,
             )
         wall = time.perf_counter() - start
-    rows = tracker.train_rows  # [step, loss, lr, tokens_per_s, mfu] per log window (steps only)
-    window_tps = [r[3] for r in rows if r[3]]
+        timing = json.loads((Path(tmp) / "timing.json").read_text())
     s = result.summary
     return dict(
         wall_s=wall,
@@ -163,8 +159,8 @@ def run_train(data: dict, model_cfg: ModelConfig, cfg: TrainConfig, quiet: bool 
         params=s["params"],
         flops_per_token=result.model.flops_per_token(),
         tokens_per_s_wall=s["tokens_seen"] / wall,
-        tokens_per_s_steps=statistics.median(window_tps) if window_tps else None,
-        mfu_last=s.get("mfu"),
+        tokens_per_s_steps=timing["tokens_per_s"],
+        mfu=timing["mfu"],
         train_loss=s.get("train_loss"),
         val_loss=s.get("val_loss"),
         other_cores=other.cores,
@@ -175,7 +171,8 @@ def bare_loop(data: dict, model_cfg: ModelConfig, cfg: TrainConfig, iters: int, 
     """Reference: the same model, optimizer, schedule and batches in a bare PyTorch loop (nanoGPT's
     loop: forward, backward, clip, step; no loss mask, no progress bar, no logging). Steps/s only."""
     from model.gpt import GPT, GPTConfig
-    from model.train import BlockOrder, Position, lr_at
+    from model.stream import BlockOrder, Position
+    from model.train import lr_at
     from pipeline.blocks import load_blocks
 
     torch.set_num_threads(cfg.threads)
@@ -196,7 +193,7 @@ def bare_loop(data: dict, model_cfg: ModelConfig, cfg: TrainConfig, iters: int, 
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss.item()
         wall = time.perf_counter() - start
     return dict(iters=iters, wall_s=wall, tokens_per_s=iters * cfg.batch_size * blocks.context_length / wall,
@@ -336,25 +333,6 @@ def part_b(args, peaks_before: dict) -> dict:
     return dict(runs=runs, peaks=peaks, peak=peak, achieved=achieved, ratio=achieved / peak)
 
 
-def part_cuda(args) -> dict:
-    """GPT-2 124M, bf16 autocast + torch.compile, through the trainer. UNTESTED: no GPU was available."""
-    if not torch.cuda.is_available():
-        raise SystemExit("--cuda: CUDA is not available on this machine")
-    block, vocab = 1024, 50304  # vocab padded to a multiple of 64 as nanoGPT does; ids stay < 50257
-    with tempfile.TemporaryDirectory(prefix="train-bench-cuda-") as tmp:
-        data = make_random_data(Path(tmp), block, vocab, 50257, n_blocks=args.cuda_batch * args.cuda_accum * (args.cuda_iters + 1))
-        model_cfg = ModelConfig(preset="gpt2", dropout=0.0, bias=True, tie_weights=True)
-        cfg = TrainConfig(device="cuda", batch_size=args.cuda_batch, grad_accum=args.cuda_accum, max_iters=args.cuda_iters,
-                          lr=6e-4, min_lr=6e-5, warmup_iters=2, eval_interval=0, eval_blocks=1, checkpoint_interval=0,
-                          compile=True, log_interval=args.cuda_iters, peak_flops=0.0)
-        res = run_train(data, model_cfg, cfg, quiet=not args.verbose)
-    print(f"\n| GPU | params | batch x accum x T | tokens/s (steps 2..{res['steps']}) | MFU (bf16 peak) | wall s (incl. compile) |")
-    print("|---|---:|---:|---:|---:|---:|")
-    print(f"| {torch.cuda.get_device_name()} | {res['params'] / 1e6:.1f}M | {args.cuda_batch} x {args.cuda_accum} x {block} | "
-          f"{res['tokens_per_s_steps']:.0f} | {res['mfu_last']:.1%} | {res['wall_s']:.1f} |")
-    return res
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iters", type=int, default=2000, help="(a) iterations; the table extrapolates to 2000")
@@ -364,10 +342,6 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="(a) with train.compile: true (torch.compile on CPU)")
     p.add_argument("--skip-small", action="store_true", help="skip (a)")
     p.add_argument("--skip-medium", action="store_true", help="skip (b)")
-    p.add_argument("--cuda", action="store_true", help="(c) only: GPT-2 124M bf16 + compile on CUDA (untested)")
-    p.add_argument("--cuda-iters", type=int, default=30)
-    p.add_argument("--cuda-batch", type=int, default=16)
-    p.add_argument("--cuda-accum", type=int, default=4)
     p.add_argument("--verbose", action="store_true", help="show the trainer's progress bar")
     p.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
     args = p.parse_args()
@@ -375,17 +349,14 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {load()}", flush=True)
     out: dict = {}
-    if args.cuda:
-        out["cuda"] = part_cuda(args)
-    else:
-        torch.set_num_threads(2)
-        peaks = matmul_peaks()
-        peak = max(peaks.values())
-        print(f"fp32 matmul peak (best square matmul, 2 threads): {peak / 1e9:.1f} GFLOP/s", flush=True)
-        if not args.skip_small:
-            out["a"] = part_a(args, peak)
-        if not args.skip_medium:
-            out["b"] = part_b(args, peaks)
+    torch.set_num_threads(2)
+    peaks = matmul_peaks()
+    peak = max(peaks.values())
+    print(f"fp32 matmul peak (best square matmul, 2 threads): {peak / 1e9:.1f} GFLOP/s", flush=True)
+    if not args.skip_small:
+        out["a"] = part_a(args, peak)
+    if not args.skip_medium:
+        out["b"] = part_b(args, peaks)
     print(f"\nload average at the end: {load()}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=str))

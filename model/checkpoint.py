@@ -2,7 +2,7 @@
 
 A checkpoint folder holds the model files (`model.safetensors`, `model_config.json`), the train
 data's manifest and `train_state.pt`: plain tensors and types only (loaded with
-`weights_only=True`): optimizer state, position in the data, RNG states of every rank, the metric
+`weights_only=True`): every optimizer's state (AdamW, and Muon when it runs), position in the data, RNG states of every rank, the metric
 history and a fingerprint of everything that shapes the run. Only a checkpoint with the same
 fingerprint is resumed, so one made with other params, data or code is never continued by mistake.
 Nothing measured (timings, run ids) goes in, so identical runs write identical checkpoints.
@@ -24,7 +24,7 @@ from pipeline.io import sha256_file, write_json
 from pipeline.paths import TRAIN_MANIFEST_FILE
 
 STATE_FILE = "train_state.pt"
-STATE_FORMAT = 2
+STATE_FORMAT = 3  # 3: optimizer state is {optimizer name: its state_dict}
 
 
 def fingerprint(parts: dict, code_files: Iterable[str | Path], init_from: Optional[str] = None) -> str:

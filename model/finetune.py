@@ -42,7 +42,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from model.optim import adamw, optimizer_step, warmup_cosine
+from model.optim import adamw, check_finite, optimizer_step, warmup_cosine
 from model.runtime import Dist, autocast_for, prepare, resolve_device
 from model.scoring import summed_loss
 from model.lora import apply_lora, save_adapter, trainable_params
@@ -248,15 +248,17 @@ def train_examples(
     epoch_losses, step = [], 0
     for epoch in range(cfg.epochs):
         order = np.random.default_rng([seed, epoch]).permutation(len(examples))
-        loss_sum, token_count, start_time = 0.0, 0, time.perf_counter()
+        loss_sum, norm_max, token_count, start_time = torch.zeros((), device=device), torch.zeros((), device=device), 0, time.perf_counter()
         for start in range(0, len(order), cfg.batch_size):
             batch = collate([examples[i] for i in order[start : start + cfg.batch_size]], pad_id)
+            n = int(batch["loss_mask"].sum())
             batch = {k: v.to(device) for k, v in batch.items()}
             lr = lr_at(step, total_steps, cfg)
-            loss, _ = optimizer_step(model, optimizer, [batch], lr, cfg.grad_clip, autocast, Dist(), "finetune", step)
-            n = int(batch["loss_mask"].sum())
-            loss_sum, token_count, step = loss_sum + loss * n, token_count + n, step + 1
-        epoch_losses.append(loss_sum / max(1, token_count))
+            loss, grad_norm = optimizer_step(model, optimizer, [batch], lr / cfg.lr, step, cfg.grad_clip, autocast, Dist())
+            loss_sum, norm_max = loss_sum + loss * n, torch.maximum(norm_max, grad_norm)
+            token_count, step = token_count + n, step + 1
+        check_finite(float(loss_sum), float(norm_max), "finetune", step - steps_per_epoch + 1, step, lr)
+        epoch_losses.append(float(loss_sum) / max(1, token_count))
         print_fn(
             f"finetune: epoch {epoch + 1}/{cfg.epochs}: train loss {epoch_losses[-1]:.4f} "
             f"({steps_per_epoch} steps, lr {lr:.2e}, {time.perf_counter() - start_time:.1f}s)"

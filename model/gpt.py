@@ -24,6 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.layers import (
+    KVCache, RMSNorm, RopeTable, apply_rope, attend, document_mask, flex_document_mask, resolve_doc_mask_kernel,
+    segment_positions,
+)
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_dir, write_json
 
@@ -36,12 +40,19 @@ HF_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp
 HF_IGNORED = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in older HF checkpoints
 GPT2_EOS_ID = 50256
 
+# The layers a model can switch on (each a GPTConfig field) and the choices for each
+POSITIONS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "relu2")
+NORM_EPS = 1e-5
+
+
 @dataclass
 class GPTConfig:
-    """The shape of a GPT-2 model."""
+    """The shape of a GPT-2 model, and the layer switches of the modern recipe (defaults: GPT-2's own)."""
 
     vocab_size: int  # tokens in the vocabulary (from the tokenizer / data manifest)
-    block_size: int  # longest context the model reads (number of learned positions)
+    block_size: int  # longest context the model reads (number of positions)
     n_layer: int  # transformer blocks
     n_head: int  # attention heads per block
     n_embd: int  # width of the residual stream; a multiple of n_head
@@ -49,6 +60,14 @@ class GPTConfig:
     bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
     tie_weights: bool = True  # output layer shares the token embedding matrix
     doc_mask: bool = False  # trainer hint: pass segment_ids so attention stays inside documents
+    positions: str = "learned"  # learned (GPT-2's table of positions) | rope (rotary positions on queries and keys)
+    rope_theta: float = 10000.0  # base of the rotary frequencies (positions: rope)
+    norm: str = "layernorm"  # layernorm (GPT-2) | rmsnorm (scale only, no mean subtracted)
+    mlp: str = "gelu"  # gelu (GPT-2's tanh GELU) | relu2 (ReLU squared)
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys (learned gains) before attention
+    zero_init: bool = False  # output projections of attention and MLP start at zero: every block starts as the identity
+    logit_softcap: float = 0.0  # logits become cap * tanh(logits / cap), bounding them to (-cap, cap); 0: off
+    unet: bool = False  # U-net skips: block n_layer-1-i also adds the output of block i (first half), with a learned weight
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -59,6 +78,13 @@ class GPTConfig:
             raise PipelineError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise PipelineError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        for name, choices in (("positions", POSITIONS), ("norm", NORMS), ("mlp", MLPS)):
+            if getattr(self, name) not in choices:
+                raise PipelineError(f"model.{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if self.positions == "rope" and (self.n_embd // self.n_head) % 2:
+            raise PipelineError(f"model.positions: rope needs an even head width, n_embd / n_head is {self.n_embd // self.n_head}")
+        if not self.rope_theta > 0 or self.logit_softcap < 0:
+            raise PipelineError(f"model.rope_theta must be > 0 and model.logit_softcap >= 0, got {self.rope_theta}, {self.logit_softcap}")
 
     @classmethod
     def from_params(cls, model_cfg, vocab_size: int, block_size: int) -> "GPTConfig":
@@ -71,7 +97,23 @@ class GPTConfig:
             tie_weights=model_cfg.tie_weights,
             doc_mask=model_cfg.doc_mask,
             **model_cfg.shape(),
+            **model_cfg.layers(),
         )
+
+    def hf_blocker(self) -> Optional[str]:
+        """The first switch Hugging Face's GPT2LMHeadModel cannot represent, as `model.<key>: <value>`
+        (None: exportable). Zero-initialised projections are only a starting point, so they export."""
+        for name in ("positions", "norm", "mlp", "qk_norm", "logit_softcap", "unet"):
+            value, gpt2 = getattr(self, name), GPT2_LAYERS[name]
+            if value != gpt2:
+                return f"model.{name}: {str(value).lower()}"
+        if not self.bias:
+            return "model.bias: false (Hugging Face GPT-2 always has biases)"
+        return None
+
+
+GPT2_LAYERS = {f.name: f.default for f in dataclasses.fields(GPTConfig)
+               if f.name in ("positions", "norm", "mlp", "qk_norm", "zero_init", "logit_softcap", "unet")}
 
 
 def config_from_dict(config_class: type, data: dict, source: str):
@@ -86,30 +128,6 @@ def config_from_dict(config_class: type, data: dict, source: str):
         raise PipelineError(f"{source}: {exc}") from None
 
 
-class KVCache:
-    """Keys and values of the positions one attention layer has already seen.
-
-    Allocated on first use with the incoming keys' shape, dtype and device (so autocast works).
-    """
-
-    def __init__(self, max_len: int):
-        self.max_len = max_len
-        self.k: Optional[torch.Tensor] = None  # (B, nh, max_len, hs)
-        self.v: Optional[torch.Tensor] = None
-        self.pos = 0  # positions filled so far
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store new (B, nh, T, hs) keys/values; return all keys/values so far, (B, nh, pos, hs)."""
-        B, nh, T, hs = k.shape
-        if self.k is None:
-            self.k = k.new_zeros(B, nh, self.max_len, hs)
-            self.v = v.new_zeros(B, nh, self.max_len, hs)
-        self.k[:, :, self.pos : self.pos + T] = k
-        self.v[:, :, self.pos : self.pos + T] = v
-        self.pos += T
-        return self.k[:, :, : self.pos], self.v[:, :, : self.pos]
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -118,18 +136,23 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        head_dim = config.n_embd // config.n_head
+        self.q_norm = RMSNorm(head_dim, NORM_EPS) if config.qk_norm else None
+        self.k_norm = RMSNorm(head_dim, NORM_EPS) if config.qk_norm else None
 
-    def forward(self, x, attn_mask=None, is_causal=True, cache: Optional[KVCache] = None):
+    def forward(self, x, rope=None, attn_mask=None, is_causal=True, cache: Optional[KVCache] = None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nh, S, hs), S = cached + T
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, nh, T, hs)
+        y = attend(q, k, v, attn_mask, is_causal, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -140,54 +163,52 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.relu2 = config.mlp == "relu2"
 
     def forward(self, x):
-        x = F.gelu(self.c_fc(x), approximate="tanh")  # (B, T, 4C)
+        x = self.c_fc(x)  # (B, T, 4C)
+        x = F.relu(x).square() if self.relu2 else F.gelu(x, approximate="tanh")
         return self.dropout(self.c_proj(x))  # (B, T, C)
 
 
+def make_norm(config: GPTConfig) -> nn.Module:
+    """GPT-2's LayerNorm, or RMSNorm (`norm: rmsnorm`)."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, NORM_EPS)
+    return nn.LayerNorm(config.n_embd, eps=NORM_EPS, bias=config.bias)
+
+
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask=None, is_causal=True, cache: Optional[KVCache] = None):
-        x = x + self.attn(self.ln_1(x), attn_mask, is_causal, cache)  # (B, T, C)
+    def forward(self, x, rope=None, attn_mask=None, is_causal=True, cache: Optional[KVCache] = None):
+        x = x + self.attn(self.ln_1(x), rope, attn_mask, is_causal, cache)  # (B, T, C)
         return x + self.mlp(self.ln_2(x))  # (B, T, C)
-
-
-def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:
-    """Position ids that restart at 0 wherever the segment id changes. (B, T) -> (B, T)."""
-    B, T = segment_ids.shape
-    t = torch.arange(T, device=segment_ids.device).expand(B, T)  # (B, T)
-    starts = torch.ones_like(segment_ids, dtype=torch.bool)
-    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
-    last_start = torch.where(starts, t, 0).cummax(dim=1).values  # (B, T)
-    return t - last_start
-
-
-def document_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """Boolean attention mask, True = may attend: causal and within the same segment. (B, 1, T, T)."""
-    T = segment_ids.size(1)
-    causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()  # (T, T)
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, T)
-    return (same & causal).unsqueeze(1)
 
 
 class Decoder(nn.Module):
     """What GPT-2 and the Llama layout (model/llama.py) share: the loss with document masking, the
     decoding loop and our checkpoint format. A subclass sets CONFIG (its config class), ARCH (the
-    "arch" written to model_config.json) and EMBEDDING (the token embedding's parameter name, which
-    a tied output layer shares), and defines `config`, `lm_head`, `_hidden` and `_new_caches`."""
+    "arch" written to model_config.json), EMBEDDING (the token embedding's parameter name, which
+    a tied output layer shares) and FUSED (Linear layers that stack several matrices, by name
+    suffix), and defines `config`, `lm_head`, `_hidden` and `_new_caches`.
+
+    `doc_mask_kernel` (auto | flex | dense; model/layers.py) says how document masking is computed;
+    it is a runtime choice, not part of the checkpoint.
+    """
 
     CONFIG: type
     ARCH: str
     EMBEDDING: str
+    FUSED: dict[str, int] = {}
+    doc_mask_kernel: str = "auto"
 
     def forward(self, idx, targets=None, loss_mask=None, segment_ids=None):
         """Logits (B, T, vocab) for tokens idx (B, T), and the mean loss when targets (B, T) are given.
@@ -205,15 +226,34 @@ class Decoder(nn.Module):
         else:
             if segment_ids.shape != idx.shape:
                 raise ValueError(f"segment_ids {tuple(segment_ids.shape)} do not match idx {tuple(idx.shape)}")
-            x = self._hidden(idx, segment_positions(segment_ids), document_mask(segment_ids), is_causal=False)
-        logits = self.lm_head(x)  # (B, T, vocab)
+            kernel = resolve_doc_mask_kernel(self.doc_mask_kernel, idx.device, self.config.dropout if self.training else 0.0)
+            mask = flex_document_mask(segment_ids) if kernel == "flex" else document_mask(segment_ids)
+            x = self._hidden(idx, segment_positions(segment_ids), mask, is_causal=False)
+        logits = self._logits(x)  # (B, T, vocab)
         if targets is None:
             return logits, None
         if loss_mask is not None:
             targets = targets.masked_fill(~loss_mask.bool(), -100)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum")
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100, reduction="sum")
         count = (targets != -100).sum().clamp(min=1)
         return logits, loss / count
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The output layer on hidden states (..., C), soft-capped when the config says so."""
+        logits = self.lm_head(x)  # (..., vocab)
+        cap = getattr(self.config, "logit_softcap", 0.0)
+        return cap * torch.tanh(logits.float() / cap) if cap else logits
+
+    def hidden_matrices(self) -> list[tuple[nn.Parameter, int]]:
+        """The weights of the Linear layers inside the blocks (what Muon updates: not the embeddings,
+        the output layer, gains or biases), each with the number of matrices it stacks along its
+        rows (GPT-2's fused q/k/v: 3), so each can be orthogonalised on its own."""
+        out = []
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear) and module is not self.lm_head and module.weight.requires_grad:
+                parts = next((n for suffix, n in self.FUSED.items() if name.endswith(suffix)), 1)
+                out.append((module.weight, parts))
+        return out
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         """State dict for saving: detached, contiguous, CPU, one copy of tied weights."""
@@ -336,7 +376,7 @@ class Decoder(nn.Module):
             else:
                 window = out[:, -bs:]
                 x = self._hidden(window, torch.arange(window.size(1), device=idx.device))
-            logits = self.lm_head(x[:, -1, :])  # (B, vocab)
+            logits = self._logits(x[:, -1, :])  # (B, vocab)
             nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
             if stops is not None:
                 nxt = nxt.masked_fill(done[:, None], int(stops[0]))
@@ -353,27 +393,27 @@ class GPT(Decoder):
     CONFIG = GPTConfig
     ARCH = "gpt2"
     EMBEDDING = "transformer.wte.weight"
+    FUSED = {"attn.c_attn": 3}  # queries, keys and values in one Linear
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-            )
-        )
+        layers = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.positions == "learned":
+            layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        layers.update(drop=nn.Dropout(config.dropout), h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                      ln_f=make_norm(config))
+        self.transformer = nn.ModuleDict(layers)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
+        self.rope = RopeTable(config.n_embd // config.n_head, config.rope_theta, config.block_size) if config.positions == "rope" else None
+        self.skip_weights = nn.Parameter(torch.ones(config.n_layer // 2)) if config.unet else None
         self.apply(self._init_weights)
         residual_std = 0.02 / math.sqrt(2 * config.n_layer)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # projections back into the residual stream
-                nn.init.normal_(p, mean=0.0, std=residual_std)
+                nn.init.zeros_(p) if config.zero_init else nn.init.normal_(p, mean=0.0, std=residual_std)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -383,10 +423,21 @@ class GPT(Decoder):
             nn.init.zeros_(module.bias)
 
     def _hidden(self, idx, pos, attn_mask=None, is_causal=True, caches=None) -> torch.Tensor:
-        """Final (layer-normed) hidden states (B, T, C) for tokens idx (B, T) at positions pos."""
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        """Final (normed) hidden states (B, T, C) for tokens idx (B, T) at positions pos ((T,) or (B, T))."""
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.rope is None:
+            x = x + self.transformer.wpe(pos)
+        else:
+            rope = self.rope(pos, x.dtype)  # cos, sin: (B or 1, 1, T, hs) each
+        x = self.transformer.drop(x)
+        skips, half = [], self.config.n_layer // 2
         for i, block in enumerate(self.transformer.h):
-            x = block(x, attn_mask, is_causal, None if caches is None else caches[i])
+            if self.skip_weights is not None and i >= self.config.n_layer - half:
+                x = x + self.skip_weights[self.config.n_layer - 1 - i] * skips.pop()  # block i pairs with n_layer-1-i
+            x = block(x, rope, attn_mask, is_causal, None if caches is None else caches[i])
+            if self.skip_weights is not None and i < half:
+                skips.append(x)
         return self.transformer.ln_f(x)
 
     # ---- accounting ----------------------------------------------------------------
@@ -396,7 +447,8 @@ class GPT(Decoder):
         (positions, and the token table when it is not also the output layer)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.transformer.wpe.weight.numel()
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
             if not self.config.tie_weights:
                 n -= self.transformer.wte.weight.numel()
         return n
@@ -415,8 +467,9 @@ class GPT(Decoder):
         """
         from safetensors.torch import save_file
 
-        if not self.config.bias:
-            raise PipelineError("save_hf: Hugging Face GPT-2 always has biases, this model has bias=False")
+        blocker = self.config.hf_blocker()
+        if blocker is not None:
+            raise PipelineError(f"save_hf: Hugging Face GPT-2 cannot represent {blocker}; export needs GPT-2's own layers")
         c = self.config
         if eos_id is None and c.vocab_size > GPT2_EOS_ID:
             eos_id = GPT2_EOS_ID

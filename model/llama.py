@@ -26,7 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model import gpt
-from model.gpt import CONFIG_FILE, GPT, HF_CONFIG_FILE, WEIGHTS_FILE, Decoder, KVCache, _read_hf_tensors
+from model.gpt import CONFIG_FILE, GPT, HF_CONFIG_FILE, WEIGHTS_FILE, Decoder, _read_hf_tensors
+from model.layers import KVCache, RMSNorm, apply_rope, attend, rope_cos_sin, rope_frequencies
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_dir, write_json
 
@@ -223,55 +224,6 @@ def _hf_block_size(hf: dict, source: str) -> int:
 # ---- layers --------------------------------------------------------------------------------------
 
 
-class RMSNorm(nn.Module):
-    """x / rms(x) * weight, computed in float32 and cast back before the weight (as HF does)."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)  # (B, T, C)
-        return self.weight * xf.to(x.dtype)
-
-
-def rope_frequencies(config: LlamaConfig, device=None) -> torch.Tensor:
-    """Rotation speed of each pair of head dimensions, (hs/2,) float32: theta^(-2i/hs), llama3-scaled."""
-    hs = config.head_dim
-    inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, hs, 2, device=device).float() / hs)  # (hs/2,)
-    return inv_freq if config.rope_scaling is None else llama3_scale(inv_freq, **config.rope_scaling)
-
-
-def llama3_scale(inv_freq, factor, low_freq_factor, high_freq_factor, original_max_position_embeddings):
-    """Llama 3.1's long-context scaling of rotary frequencies (hs/2,).
-
-    r = original context / wavelength counts how often a frequency turns within the context the
-    model was trained on. Fast ones (r >= high_freq_factor) stay, slow ones (r <= low_freq_factor)
-    are divided by `factor`, and in between the two are blended linearly in r.
-    """
-    turns = original_max_position_embeddings * inv_freq / (2 * math.pi)  # r, (hs/2,)
-    keep = ((turns - low_freq_factor) / (high_freq_factor - low_freq_factor)).clamp(0.0, 1.0)
-    return keep * inv_freq + (1.0 - keep) * inv_freq / factor
-
-
-def rope_cos_sin(pos: torch.Tensor, inv_freq: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of each position's angles, (B, 1, T, hs) for positions pos (B, T).
-
-    HF's layout: dimension i and i + hs/2 form a pair (halves, not interleaved neighbours).
-    """
-    angles = pos.float()[..., None] * inv_freq  # (B, T, hs/2), in float32
-    angles = torch.cat([angles, angles], dim=-1)  # (B, T, hs)
-    return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each (x_i, x_{i+hs/2}) pair of x (B, nh, T, hs) by its angle."""
-    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
-
-
 class GrowingKVCache(KVCache):
     """A KVCache that grows as it fills (doubling, up to max_len) instead of reserving max_len at once:
     HF models declare contexts of up to 131072 positions, far more than a generation uses."""
@@ -308,10 +260,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nkv, S, hs), S = cached + T
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_head != self.n_head,
-        )  # (B, nh, T, hs)
+        y = attend(q, k, v, attn_mask, is_causal, self.dropout if self.training else 0.0,
+                   enable_gqa=self.n_kv_head != self.n_head)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, nh * hs)
         return self.resid_dropout(self.o_proj(y))  # (B, T, C)
 
@@ -378,7 +328,9 @@ class Llama(Decoder):
     def _hidden(self, idx, pos, attn_mask=None, is_causal=True, caches=None) -> torch.Tensor:
         """Final (normed) hidden states (B, T, C) for tokens idx (B, T) at positions pos ((T,) or (B, T))."""
         x = self.model.embed_tokens(idx)  # (B, T, C)
-        cos, sin = rope_cos_sin(pos.expand(idx.shape), rope_frequencies(self.config, idx.device), x.dtype)  # (B, 1, T, hs)
+        c = self.config
+        inv_freq = rope_frequencies(c.head_dim, c.rope_theta, c.rope_scaling, idx.device)  # (hs/2,)
+        cos, sin = rope_cos_sin(pos.expand(idx.shape), inv_freq, x.dtype)  # (B, 1, T, hs)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, attn_mask, is_causal, None if caches is None else caches[i])
         return self.model.norm(x)

@@ -13,17 +13,25 @@ import torch.distributed as dist
 
 from pipeline.errors import PipelineError
 
-# bf16 dense peak FLOP/s of known GPUs (per device), for MFU
-GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12}
+# Dense bf16 tensor-core peak FLOP/s per device (no sparsity), for MFU, from NVIDIA's datasheets.
+# Matched in order against torch.cuda.get_device_name, so the specific names come first.
+GPU_PEAK_BF16 = (
+    ("GB200", 2.5e15), ("B200", 2.25e15), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
+    ("H200", 989e12), ("H800", 989e12), ("H20", 148e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12),
+    ("L40", 181e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12),
+)
 
 
 @dataclass
 class Dist:
-    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun). `launched`: started by
+    torchrun, so a process group exists (also for one process: the job then runs DDP and its
+    collectives through nccl or gloo, as a larger job would)."""
 
     rank: int = 0
     world: int = 1
     local_world: int = 1
+    launched: bool = False
 
     @property
     def main(self) -> bool:
@@ -42,10 +50,11 @@ def resolve_device(name: str) -> torch.device:
         raise PipelineError(f"device '{name}': not a device (use cpu, cuda, cuda:N or auto)") from None
 
 
-def autocast_for(device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """bf16 autocast on CUDA, nothing on CPU."""
-    if device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast_for(device: torch.device, precision: str = "auto") -> Callable[[], contextlib.AbstractContextManager]:
+    """The autocast context of `precision`: auto is bf16 on CUDA and fp32 on CPU (bf16 on a CPU pays
+    only where its matmuls are fast: bench/README.md), bf16 autocasts on either, fp32 never."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
 
@@ -56,11 +65,11 @@ def prepare(device: torch.device) -> None:
 
 
 def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
-    """Join the torchrun job when RANK/WORLD_SIZE are set (nccl on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    """Join the torchrun job when torchrun's RANK / WORLD_SIZE are set (nccl on CUDA, gloo on CPU)."""
     device = resolve_device(device_name)
-    if world <= 1:
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return Dist(), device
+    world = int(os.environ["WORLD_SIZE"])
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -70,11 +79,11 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
         dist.init_process_group("nccl", device_id=device)
     else:
         dist.init_process_group("gloo")
-    return Dist(rank=rank, world=world, local_world=local_world), device
+    return Dist(rank=rank, world=world, local_world=local_world, launched=True), device
 
 
 def shutdown(d: Dist) -> None:
-    if d.world > 1 and dist.is_initialized():
+    if d.launched and dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -87,8 +96,8 @@ def set_threads(threads: int, d: Dist) -> None:
 
 
 def gather(obj, d: Dist) -> list:
-    """`obj` from every rank, in rank order (just `[obj]` without DDP)."""
-    if d.world == 1:
+    """`obj` from every rank, in rank order (just `[obj]` without torchrun)."""
+    if not d.launched:
         return [obj]
     out = [None] * d.world
     dist.all_gather_object(out, obj)
@@ -96,8 +105,8 @@ def gather(obj, d: Dist) -> list:
 
 
 def all_reduce_sum(tensor: torch.Tensor, d: Dist) -> torch.Tensor:
-    """Sum `tensor` over the ranks in place (a no-op without DDP)."""
-    if d.world > 1:
+    """Sum `tensor` over the ranks in place (a no-op without torchrun)."""
+    if d.launched:
         dist.all_reduce(tensor)
     return tensor
 
@@ -111,7 +120,7 @@ def peak_flops(configured: float, device: torch.device) -> Optional[float]:
         return configured
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, value in GPU_PEAK_BF16.items():
+        for key, value in GPU_PEAK_BF16:
             if key in name:
                 return value
     return measure_matmul_flops(device)

@@ -73,10 +73,11 @@ def spread_rows(total: int, count: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def summed_loss(model: torch.nn.Module, batches: Iterable[dict], device: torch.device, doc_mask: bool = False) -> tuple[float, int]:
+def summed_loss(model: torch.nn.Module, batches: Iterable[dict], device: torch.device, doc_mask: bool = False,
+                precision: str = "auto") -> tuple[float, int]:
     """Cross-entropy summed over the loss-masked targets of `batches` (numpy or torch: inputs,
     targets, loss_mask, segment_ids), and their count, in eval mode (the mode is restored)."""
-    autocast = autocast_for(device)
+    autocast = autocast_for(device, precision)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -102,18 +103,22 @@ def score_blocks(
     device: torch.device,
     doc_mask: bool = False,
     token_bytes: Optional[np.ndarray] = None,
+    precision: str = "auto",
 ) -> tuple[float, int, int]:
     """Summed loss over the targets of block `rows`, their count, and (with `token_bytes`, the UTF-8
-    size of each token id) the bytes those targets stand for."""
+    size of each token id) the bytes those targets stand for. Every batch has `batch_size` rows (the
+    last one is topped up with masked-out repeats), so a compiled model sees one shape."""
     nbytes = 0
 
     def batches():
         nonlocal nbytes
         for start in range(0, len(rows), batch_size):
-            arrays = blocks.batch(rows[start : start + batch_size])
+            part = rows[start : start + batch_size]
+            arrays = blocks.batch(np.resize(part, batch_size))
+            arrays["loss_mask"][len(part) :] = False
             if token_bytes is not None:
                 nbytes += int(token_bytes[arrays["targets"][arrays["loss_mask"]]].sum())
             yield arrays
 
-    total, count = summed_loss(model, batches(), device, doc_mask)
+    total, count = summed_loss(model, batches(), device, doc_mask, precision)
     return total, count, nbytes

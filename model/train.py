@@ -10,9 +10,9 @@ stores) and writes
   and ends with the same weights, bit for bit on CPU, as an uninterrupted run;
 - the metrics of `model.metrics`: DVCLive in `metrics/train/`, the timing file, a W&B run.
 
-Data order: a seeded permutation of all blocks per epoch; the position is (epoch, index into it).
-Each optimizer step takes world_size * batch_size * grad_accum blocks from the stream, rank r the
-r-th slice of every micro-batch, so ranks read disjoint blocks.
+Data order and prefetching: `model.stream`. The optimizer (AdamW, or Muon + AdamW): `model.optim`.
+Nothing inside a step waits for the GPU: loss and gradient norm stay on the device and are read
+back every `log_interval` steps, where a non-finite value stops the run naming the steps.
 
 MFU = flops_per_token * tokens/s per device / peak FLOP/s per device (`model.runtime.peak_flops`).
 """
@@ -27,15 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from model.checkpoint import STATE_FORMAT, fingerprint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from model.metrics import Tracker, manifest_hashes, mixture_tags, run_config
-from model.optim import adamw, optimizer_step, warmup_cosine
+from model.layers import resolve_doc_mask_kernel
+from model.optim import Optimizers, adamw, check_finite, muon, optimizer_step, warmup_cosine
 from model.runtime import (
     Dist, all_reduce_sum, autocast_for, gather, init_distributed, peak_flops, prepare, set_threads, shutdown,
 )
+from model.stream import BlockOrder, Position, Prefetcher
 from model.scoring import check_compatible, folder_tokenizer, load_val_sets, score_blocks, spread_rows, tokenizer_name
 from pipeline.blocks import Blocks, load_blocks
 from pipeline.config import ModelConfig, TrainConfig, load_params
@@ -46,8 +47,10 @@ from pipeline.paths import (
 )
 
 # train.* keys that do not change the trajectory: a checkpoint stays resumable when only these change
-OPERATIONAL_KEYS = ("device", "threads", "compile", "log_interval", "eval_interval", "eval_blocks", "checkpoint_interval", "peak_flops")
-TRAJECTORY_CODE = ("model/train.py", "model/optim.py", "model/gpt.py", "model/llama.py", "pipeline/blocks.py", "pipeline/store.py", "pipeline/arrays.py")
+OPERATIONAL_KEYS = ("device", "threads", "compile", "doc_mask_kernel", "log_interval", "eval_interval", "eval_blocks",
+                    "checkpoint_interval", "peak_flops")
+TRAJECTORY_CODE = ("model/train.py", "model/optim.py", "model/stream.py", "model/gpt.py", "model/llama.py", "model/layers.py",
+                   "pipeline/blocks.py", "pipeline/store.py", "pipeline/arrays.py")
 
 
 @dataclass
@@ -58,47 +61,17 @@ class TrainResult:
     summary: dict
 
 
-@dataclass
-class Position:
-    """Where the trainer is: optimizer steps done, and the next block in the data stream."""
-
-    step: int = 0
-    epoch: int = 0
-    index: int = 0
-
-
-class BlockOrder:
-    """A seeded permutation of block rows per epoch; `take` walks the endless stream of epochs."""
-
-    def __init__(self, n_blocks: int, seed: int):
-        self.n_blocks = n_blocks
-        self.seed = seed
-        self._epoch = -1
-        self._perm = np.empty(0, dtype=np.int64)
-
-    def permutation(self, epoch: int) -> np.ndarray:
-        if epoch != self._epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_blocks)
-            self._epoch = epoch
-        return self._perm
-
-    def take(self, pos: Position, count: int) -> np.ndarray:
-        """The next `count` rows of the stream; advances `pos`."""
-        out = []
-        while count:
-            perm = self.permutation(pos.epoch)
-            chunk = perm[pos.index : pos.index + count]
-            out.append(chunk)
-            count -= len(chunk)
-            pos.index += len(chunk)
-            if pos.index == self.n_blocks:
-                pos.epoch, pos.index = pos.epoch + 1, 0
-        return np.concatenate(out)
-
-
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """The pretraining schedule: warmup, then cosine decay that ends at `max_iters`."""
+    """The pretraining schedule (AdamW's LR; Muon's follows it by the same factor): warmup, then
+    cosine decay that ends at `max_iters`."""
     return warmup_cosine(step, cfg.warmup_iters, cfg.max_iters, cfg.lr, cfg.min_lr)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> Optimizers:
+    """`train.optimizer`: AdamW for everything, or Muon for the hidden matrices and AdamW for the rest."""
+    if cfg.optimizer == "muon":
+        return muon(model, cfg, device)
+    return adamw(model, cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), device)
 
 
 @dataclass
@@ -163,31 +136,49 @@ def run_fingerprint(seed: int, model_cfg: ModelConfig, cfg: TrainConfig, data_ha
 
 
 class Throughput:
-    """Tokens/s over the steps of a logging window (evaluation and checkpoint time left out), and MFU."""
+    """Tokens/s over the timed steps, and MFU. The clock runs between sync points: it stops for
+    evaluation and checkpoints, and starts after the first step of a run, which pays for warm-up
+    (and compilation). On CUDA each start and stop waits for the device, so queued work counts."""
 
-    def __init__(self, tokens_per_step: int, flops_per_token: int, peak: Optional[float]):
-        self.tokens_per_step, self.flops_per_token, self.peak = tokens_per_step, flops_per_token, peak
-        self.window_steps, self.window_time, self.last = 0, 0.0, None
+    def __init__(self, tokens_per_step: int, flops_per_token: int, peak: Optional[float], device: torch.device):
+        self.tokens_per_step, self.flops_per_token, self.peak, self.device = tokens_per_step, flops_per_token, peak, device
+        self.since: Optional[float] = None
+        self.started = False
+        self.window_steps, self.window_time = 0, 0.0
         self.tokens_per_s, self.total_steps, self.total_time = 0.0, 0, 0.0
 
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     def tick(self) -> None:
-        """A step ended (the first one of a run is not timed: it pays for warm-up)."""
-        now = time.perf_counter()
-        if self.last is not None:
-            self.window_time += now - self.last
+        """A step was queued; the first one of a run starts the clock instead of counting."""
+        if self.started:
             self.window_steps += 1
-        self.last = now
+        else:
+            self.started = True
+            self.start()
+
+    def start(self) -> None:
+        self.since = self._now()
+
+    def stop(self) -> None:
+        if self.since is not None:
+            self.window_time += self._now() - self.since
+            self.since = None
+
+    def close_window(self) -> None:
+        """End a logging window (the clock keeps running): its rate becomes `tokens_per_s`."""
+        running = self.since is not None
+        self.stop()
         if self.window_time > 0:
             self.tokens_per_s = self.tokens_per_step * self.window_steps / self.window_time
-
-    def pause_ended(self) -> None:
-        """Time spent since the last step (evaluation, checkpoint) does not count."""
-        self.last = time.perf_counter()
-
-    def new_window(self) -> None:
         self.total_steps += self.window_steps
         self.total_time += self.window_time
         self.window_steps, self.window_time = 0, 0.0
+        if running:
+            self.start()
 
     @property
     def mfu(self) -> Optional[float]:
@@ -209,7 +200,7 @@ class Run:
     cfg: TrainConfig
     data: TrainData
     model: torch.nn.Module  # the model itself (the runner may wrap it: compile, DDP)
-    optimizer: torch.optim.Optimizer
+    optimizer: Optimizers
     tracker: Tracker
     checkpoint_dir: Path
     fingerprint: str
@@ -217,9 +208,10 @@ class Run:
     pos: Position = dataclasses.field(default_factory=Position)
     runner: Optional[torch.nn.Module] = None  # what steps call: compiled and/or DDP-wrapped
     eval_model: Optional[torch.nn.Module] = None  # what evaluation calls: compiled, never DDP-wrapped
-    order: Optional[BlockOrder] = None
+    stream: Optional[Prefetcher] = None
     meter: Optional[Throughput] = None
-    window_loss: list = dataclasses.field(default_factory=list)  # step losses since the last log
+    window: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # on the device: summed step losses, largest grad norm
+    window_start: int = 0  # the first step (0-based) of the window
 
     def resume(self) -> None:
         """Continue from the latest checkpoint of this fingerprint, if there is one."""
@@ -232,65 +224,72 @@ class Run:
         rngs = state["rng"]
         set_rng_state(rngs[self.d.rank] if self.d.rank < len(rngs) else rngs[0], self.device)
         self.pos = Position(**state["position"])
+        self.window_start = self.pos.step
         self.tracker.restore(state.get("history"))
         self.print_fn(f"train: resuming from {path} (step {self.pos.step})")
 
     def prepare_runner(self) -> None:
-        """Compile and wrap for DDP as configured; set up the throughput meter."""
-        runner = torch.compile(self.model) if self.cfg.compile else self.model
+        """Pick the document-mask kernel, compile (static shapes) and wrap for DDP as configured;
+        start the batch prefetcher and the throughput meter."""
+        self.model.doc_mask_kernel = resolve_doc_mask_kernel(self.cfg.doc_mask_kernel, self.device, self.model.config.dropout)
+        runner = torch.compile(self.model, dynamic=False) if self.cfg.compile else self.model
         self.eval_model = runner
-        if self.d.world > 1:
+        if self.d.launched:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             runner = DDP(runner, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.runner = runner
-        self.order = BlockOrder(len(self.data.blocks), self.seed)
+        order = BlockOrder(len(self.data.blocks), self.seed)
+        self.stream = Prefetcher(self.data.blocks, order, self.pos, self.cfg.batch_size, self.cfg.grad_accum, self.d,
+                                 segments=bool(self.model.config.doc_mask), pin=self.device.type == "cuda")
         context = self.data.blocks.context_length
         peak = peak_flops(self.cfg.peak_flops, self.device) if self.d.main else None
-        self.meter = Throughput(self.cfg.batch_size * context * self.cfg.grad_accum, self.model.flops_per_token(context), peak)
+        self.meter = Throughput(self.cfg.batch_size * context * self.cfg.grad_accum, self.model.flops_per_token(context),
+                                peak, self.device)
 
-    def micro_batches(self) -> list[dict[str, torch.Tensor]]:
-        """This rank's slice of the next `grad_accum` micro-batches, on the device."""
-        out = []
-        b, d = self.cfg.batch_size, self.d
-        for _ in range(self.cfg.grad_accum):
-            rows = self.order.take(self.pos, d.world * b)[d.rank * b : (d.rank + 1) * b]
-            batch = {k: torch.from_numpy(v) for k, v in self.data.blocks.batch(rows).items()}
-            if not self.model.config.doc_mask:
-                batch.pop("segment_ids")
-            if self.device.type == "cuda":
-                batch = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
-            out.append(batch)
-        return out
-
-    def step(self) -> float:
-        """One optimizer step; returns its loss."""
-        autocast = autocast_for(self.device)
-        loss, _ = optimizer_step(self.runner, self.optimizer, self.micro_batches(), lr_at(self.pos.step, self.cfg),
-                                 self.cfg.grad_clip, autocast, self.d, "train", self.pos.step)
-        self.pos.step += 1
+    def step(self) -> None:
+        """One optimizer step, queued on the device without waiting for it."""
+        data = self.stream.next()
+        batches = [{k: v.to(self.device, non_blocking=True) for k, v in b.items()} for b in data.micro_batches]
+        scale = lr_at(self.pos.step, self.cfg) / self.cfg.lr
+        loss, grad_norm = optimizer_step(self.runner, self.optimizer, batches, scale, self.pos.step, self.cfg.grad_clip,
+                                         autocast_for(self.device, self.cfg.precision), self.d)
+        self.pos.step, self.pos.epoch, self.pos.index = self.pos.step + 1, data.epoch, data.index
+        if self.window is None:
+            self.window = (loss, grad_norm)
+        else:
+            self.window = (self.window[0] + loss, torch.maximum(self.window[1], grad_norm))
         self.meter.tick()
-        self.window_loss.append(loss)
-        return loss
 
     def due(self, interval: int) -> bool:
         return (interval > 0 and self.pos.step % interval == 0) or self.pos.step == self.cfg.max_iters
 
+    def window_values(self) -> tuple[float, float]:
+        """The window's mean loss (over steps and ranks) and largest gradient norm, read back from the
+        device; a non-finite one stops the run with a one-line error naming the steps."""
+        steps = self.pos.step - self.window_start
+        stats = torch.stack([self.window[0] / steps, self.window[1]])
+        loss, grad_norm = (all_reduce_sum(stats, self.d) / self.d.world).tolist()
+        check_finite(loss, grad_norm, "train", self.window_start + 1, self.pos.step, lr_at(self.pos.step - 1, self.cfg))
+        return loss, grad_norm
+
     def log(self) -> None:
         """The mean train loss of the steps since the last log, with the LR and the throughput."""
-        lr = lr_at(self.pos.step - 1, self.cfg)
-        self.tracker.log_train(self.pos.step, sum(self.window_loss) / len(self.window_loss), lr,
+        loss, _ = self.window_values()
+        self.meter.close_window()
+        self.tracker.log_train(self.pos.step, loss, lr_at(self.pos.step - 1, self.cfg),
                                self.meter.tokens_per_s * self.d.world, self.meter.mfu)
-        self.window_loss = []
-        self.meter.new_window()
+        self.window, self.window_start = None, self.pos.step
 
     def evaluate(self) -> None:
         """Loss on `eval_blocks` blocks spread over every val set (ranks split the rows)."""
+        self.meter.stop()
         sums = torch.zeros(max(1, len(self.data.val)), 2, dtype=torch.float64, device=self.device)
         doc_mask = bool(self.model.config.doc_mask)
         for i, (name, blocks) in enumerate(self.data.val.items()):
             rows = spread_rows(len(blocks), self.cfg.eval_blocks)[self.d.rank :: self.d.world]
-            sums[i, 0], sums[i, 1], _ = score_blocks(self.eval_model, blocks, rows, self.cfg.batch_size, self.device, doc_mask)
+            sums[i, 0], sums[i, 1], _ = score_blocks(self.eval_model, blocks, rows, self.cfg.batch_size, self.device, doc_mask,
+                                                     precision=self.cfg.precision)
         totals = all_reduce_sum(sums, self.d).cpu().tolist()
         per_source = {name: (s / c if c else float("nan")) for name, (s, c) in zip(self.data.val, totals)}
         total, count = sum(s for s, _ in totals), sum(c for _, c in totals)
@@ -298,10 +297,14 @@ class Run:
         self.tracker.log_val(self.pos.step, overall, per_source)
         shown = ", ".join(f"{n} {v:.4f}" for n, v in per_source.items())
         self.print_fn(f"step {self.pos.step}: val loss {overall:.4f} ({shown})")
-        self.meter.pause_ended()
+        self.meter.start()
 
     def checkpoint(self) -> None:
-        """Save everything a resume needs (rank 0 writes; every rank sends its RNG state)."""
+        """Save everything a resume needs (rank 0 writes; every rank sends its RNG state); never a
+        model whose recent steps were not finite."""
+        self.meter.stop()
+        if self.window is not None:
+            self.window_values()
         rngs = gather(rng_state(self.device), self.d)
         if self.d.main:
             state = {
@@ -310,7 +313,7 @@ class Run:
                 "history": self.tracker.state(),
             }
             save_checkpoint(self.checkpoint_dir, self.model, state, self.data.manifest)
-        self.meter.pause_ended()
+        self.meter.start()
 
     def summary(self) -> dict:
         """Final values (computed, not measured: the same for identical runs)."""
@@ -363,7 +366,7 @@ def _train(d, device, seed, model_cfg, cfg, tracker, *, train_dir, val_dir, out_
     prepare(device)
     data = load_data(train_dir, val_dir, vocab_dir)
     model = build_model(seed, model_cfg, cfg, data.manifest, train_dir).to(device)
-    optimizer = adamw(model, cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), device)
+    optimizer = build_optimizer(model, cfg, device)
     torch.manual_seed(seed + d.rank)  # dropout
     run = Run(d, device, seed, cfg, data, model, optimizer, tracker, checkpoint_dir,
               run_fingerprint(seed, model_cfg, cfg, data.hashes, d.world), tqdm.write if d.main else (lambda *_: None))
@@ -375,17 +378,21 @@ def _train(d, device, seed, model_cfg, cfg, tracker, *, train_dir, val_dir, out_
                      f"tokens, {d.world} x {cfg.batch_size} x {cfg.grad_accum} blocks/step on {device}")
     with tqdm(total=cfg.max_iters, initial=run.pos.step, desc="train", disable=not d.main, dynamic_ncols=True) as bar:
         model.train()
-        while run.pos.step < cfg.max_iters:
-            loss = run.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{run.meter.tokens_per_s * d.world:.0f}",
-                            mfu=f"{run.meter.mfu:.1%}" if run.meter.mfu is not None else "-", refresh=False)
-            if run.due(cfg.log_interval):
-                run.log()
-            if run.due(cfg.eval_interval):
-                run.evaluate()
-            if run.due(cfg.checkpoint_interval):
-                run.checkpoint()
+        try:
+            while run.pos.step < cfg.max_iters:
+                run.step()
+                bar.update(1)
+                if run.due(cfg.log_interval):
+                    run.log()
+                    mfu = run.meter.mfu
+                    bar.set_postfix(loss=f"{tracker.train_rows[-1][1]:.4f}", tok_s=f"{run.meter.tokens_per_s * d.world:.0f}",
+                                    mfu=f"{mfu:.1%}" if mfu is not None else "-", refresh=False)
+                if run.due(cfg.eval_interval):
+                    run.evaluate()
+                if run.due(cfg.checkpoint_interval):
+                    run.checkpoint()
+        finally:
+            run.stream.close()
     if d.main:
         with atomic_dir(out_dir) as tmp:
             model.save_files(tmp, vocab_dir)

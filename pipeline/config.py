@@ -39,6 +39,12 @@ LLAMA_PRESETS: dict[str, dict[str, int]] = {
     "smollm2-135m": dict(n_layer=30, n_head=9, n_kv_head=3, n_embd=576, intermediate_size=1536, rope_theta=100000),
 }
 PRESETS = {"gpt2": MODEL_PRESETS, "llama": LLAMA_PRESETS}
+# The GPT-2 layout's layer switches by recipe (`model.recipe`); a switch set in params overrides it.
+# classic: GPT-2's own layers (2019). modern: the switches measured to help here (bench/README.md, "recipe").
+RECIPES: dict[str, dict[str, Any]] = {
+    "classic": dict(positions="learned", norm="layernorm", mlp="gelu", qk_norm=False, zero_init=False, logit_softcap=0.0, unet=False),
+    "modern": dict(positions="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, zero_init=True, logit_softcap=15.0, unet=False),
+}
 
 
 def limit(default: Any, *, at_least: float | None = None, above: float | None = None,
@@ -185,6 +191,14 @@ class ModelConfig:
     bias: bool = True  # gpt2: biases in Linear and LayerNorm layers (GPT-2 has them; Llama has none)
     tie_weights: bool = True  # share the token embedding with the output layer (GPT-2 does)
     doc_mask: bool = False  # no attention across document boundaries inside a packed block
+    recipe: Literal["classic", "modern"] = "classic"  # gpt2: the layer switches below by name (classic: GPT-2's own; modern: what measured best here)
+    positions: Optional[Literal["learned", "rope"]] = None  # gpt2: learned position table | rope (rotary); null: the recipe's
+    norm: Optional[Literal["layernorm", "rmsnorm"]] = None  # gpt2: layernorm | rmsnorm (scale only); null: the recipe's
+    mlp: Optional[Literal["gelu", "relu2"]] = None  # gpt2: gelu | relu2 (ReLU squared); null: the recipe's
+    qk_norm: Optional[bool] = None  # gpt2: RMS-normalise queries and keys per head; null: the recipe's
+    zero_init: Optional[bool] = None  # gpt2: attention and MLP output projections start at zero; null: the recipe's
+    logit_softcap: Optional[float] = limit(None, at_least=0.0)  # gpt2: cap * tanh(logits / cap) (0: off); null: the recipe's
+    unet: Optional[bool] = None  # gpt2: U-net skips from the first half's blocks to the second half's; null: the recipe's
 
     def validate(self, key: str) -> None:
         presets = PRESETS[self.arch]
@@ -194,6 +208,10 @@ class ModelConfig:
             for name in ("n_kv_head", "intermediate_size", "rope_theta"):
                 if getattr(self, name) is not None:
                     raise ConfigError(f"{key}.{name}: only for model.arch: llama")
+        else:
+            for name in ("recipe", *RECIPES["classic"]):
+                if getattr(self, name) not in (None, "classic"):
+                    raise ConfigError(f"{key}.{name}: only for model.arch: gpt2 (the Llama layout is Hugging Face's, as it is)")
         shape = self.shape()
         missing = [name for name, value in shape.items() if value is None]
         if missing:
@@ -211,6 +229,14 @@ class ModelConfig:
         shape.update({name: getattr(self, name) for name in shape if getattr(self, name) is not None})
         return shape
 
+    def layers(self) -> dict[str, Any]:
+        """The GPT-2 layout's layer switches: the recipe's, overridden by those set (none for llama)."""
+        if self.arch != "gpt2":
+            return {}
+        layers = dict(RECIPES[self.recipe])
+        layers.update({name: getattr(self, name) for name in layers if getattr(self, name) is not None})
+        return layers
+
 
 @dataclass
 class TrainConfig:
@@ -219,13 +245,20 @@ class TrainConfig:
     batch_size: int = limit(12, at_least=1)  # blocks per micro-batch (per process under DDP)
     grad_accum: int = limit(1, at_least=1)  # micro-batches per optimizer step
     max_iters: int = limit(2000, at_least=1)  # optimizer steps
-    lr: float = limit(1e-3, above=0.0)  # peak learning rate
-    min_lr: float = limit(1e-4, at_least=0.0)  # cosine decays to this; at most lr
+    optimizer: Literal["adamw", "muon"] = "adamw"  # adamw | muon (Muon for the hidden matrices, AdamW at `lr` for embeddings, output layer, gains, biases)
+    lr: float = limit(1e-3, above=0.0)  # peak learning rate (of AdamW's parameters)
+    min_lr: float = limit(1e-4, at_least=0.0)  # cosine decays to this; at most lr (Muon's LR decays by the same factor)
     warmup_iters: int = limit(100, at_least=0)  # linear warmup steps
     weight_decay: float = limit(0.1, at_least=0.0)  # AdamW decay on 2-D weights only
     beta1: float = limit(0.9, at_least=0.0, below=1.0)
     beta2: float = limit(0.99, at_least=0.0, below=1.0)
+    muon_lr: float = limit(0.02, above=0.0)  # muon: peak learning rate of the hidden matrices
+    muon_momentum: float = limit(0.95, at_least=0.0, below=1.0)  # muon: Nesterov momentum
+    muon_momentum_warmup: int = limit(0, at_least=0)  # muon: steps over which momentum rises from 0.85 to muon_momentum (0: none)
+    muon_weight_decay: float = limit(0.0, at_least=0.0)  # muon: decoupled weight decay of the hidden matrices
     grad_clip: float = limit(1.0, at_least=0.0)  # max global grad norm; 0 disables
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16 (autocast on either)
+    doc_mask_kernel: Literal["auto", "flex", "dense"] = "auto"  # document masking: auto (flex on CUDA, dense on CPU) | flex | dense
     eval_interval: int = limit(250, at_least=0)  # steps between val evaluations (0: only at the end)
     eval_blocks: int = limit(32, at_least=0)  # val blocks per source at each periodic evaluation, spread over it (0: all)
     checkpoint_interval: int = limit(250, at_least=0)  # steps between checkpoints (0: only at the end)
@@ -237,6 +270,8 @@ class TrainConfig:
     def validate(self, key: str) -> None:
         if self.min_lr > self.lr:
             raise ConfigError(f"{key}.min_lr ({self.min_lr}) must be at most {key}.lr ({self.lr})")
+        if self.doc_mask_kernel == "flex" and self.device == "cpu":
+            raise ConfigError(f"{key}.doc_mask_kernel: flex attention cannot train on cpu (torch has no CPU backward for it); use auto or dense")
 
 
 @dataclass

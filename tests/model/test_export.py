@@ -196,3 +196,27 @@ def test_a_models_own_tokenizer_keeps_its_bos_and_settings(tmp_path, own_setting
     assert generation == {"bos_token_id": bos, "eos_token_id": 0, "pad_token_id": 0}
     several = generation_config({**spec, "stop_ids": [0, 7]})
     assert several == {"bos_token_id": bos, "eos_token_id": [0, 7], "pad_token_id": 0}
+
+
+@pytest.mark.parametrize("switch, shown", [
+    (dict(positions="rope"), "model.positions: rope"), (dict(norm="rmsnorm"), "model.norm: rmsnorm"),
+    (dict(mlp="relu2"), "model.mlp: relu2"), (dict(qk_norm=True), "model.qk_norm: true"),
+    (dict(logit_softcap=15.0), "model.logit_softcap: 15.0"), (dict(unet=True), "model.unet: true"),
+])
+def test_a_switch_transformers_cannot_represent_refuses_export_naming_it(tmp_path, capsys, switch, shown):
+    vocab = write_char_vocab(tmp_path / "vocab", "abcdef")
+    GPT(GPTConfig(vocab_size=8, block_size=8, n_layer=2, n_head=2, n_embd=8, **switch)).save(tmp_path / "ckpt", tokenizer_dir=vocab)
+    with pytest.raises(SystemExit) as code:
+        main(["--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")])
+    err = capsys.readouterr().err
+    assert code.value.code == 1 and shown in err and err.count("\n") == 1
+    assert not (tmp_path / "hf").exists()
+
+
+def test_zero_initialised_projections_still_export_with_parity(tmp_path):
+    """zero_init is only where training starts: the model is plain GPT-2."""
+    vocab = write_char_vocab(tmp_path / "vocab", "abcdef \n")
+    model = randomise(GPT(GPTConfig(vocab_size=10, block_size=32, n_layer=2, n_head=2, n_embd=16, zero_init=True)))
+    model.save(tmp_path / "ckpt", tokenizer_dir=vocab)
+    export(tmp_path / "ckpt", tmp_path / "hf")
+    assert_logits_match(model, tmp_path / "hf")

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from model.gpt import GPT, GPTConfig, load_any, segment_positions
+from model.gpt import GPT, GPTConfig, load_any
+from model.layers import segment_positions
 from model.optim import adamw
 from pipeline.config import MODEL_PRESETS, ModelConfig
 from pipeline.errors import PipelineError
@@ -105,7 +106,7 @@ def test_tiny_model_overfits_a_tiny_batch():
     losses = []
     for _ in range(200):
         _, loss = model(idx[:, :-1], idx[:, 1:])
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
@@ -184,3 +185,76 @@ def test_gpt_refuses_a_llama_checkpoint_and_reads_old_ones_without_arch(tmp_path
     assert config.pop("arch") == "gpt2"
     (tmp_path / "gpt/model_config.json").write_text(json.dumps(config))  # as written before the Llama layout
     assert GPT.load(tmp_path / "gpt").config.n_embd == 8
+
+
+# ---- the modern recipe's layer switches ---------------------------------------------------------
+
+MODERN = dict(positions="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, zero_init=True, logit_softcap=5.0, unet=True)
+ONE_BY_ONE = [dict(positions="rope"), dict(norm="rmsnorm"), dict(mlp="relu2"), dict(qk_norm=True), dict(zero_init=True),
+              dict(logit_softcap=5.0), dict(unet=True), MODERN]
+
+
+@pytest.mark.parametrize("layers", ONE_BY_ONE, ids=lambda d: "+".join(d))
+def test_each_switch_is_causal_decodes_with_the_cache_and_round_trips(tmp_path, layers):
+    model = tiny(n_layer=3, **layers)
+    if layers.get("zero_init"):
+        with torch.no_grad():  # start from zero, then move off it so that the blocks do something
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    idx = torch.randint(0, 37, (2, 16))
+    logits, _ = model(idx)
+    changed = idx.clone()
+    changed[:, 10] = (changed[:, 10] + 1) % 37
+    torch.testing.assert_close(model(changed)[0][:, :10], logits[:, :10], atol=1e-5, rtol=0)
+    prompt = idx[:, :4]
+    with_cache = model.generate(prompt, 20, temperature=0, use_cache=True)
+    assert torch.equal(with_cache, model.generate(prompt, 20, temperature=0, use_cache=False))
+    model.save(tmp_path / "ckpt")
+    loaded = load_any(tmp_path / "ckpt").eval()
+    assert loaded.config == model.config and torch.equal(loaded(idx)[0], logits)
+
+
+def test_switches_change_the_layers_they_name():
+    classic, modern = tiny(), tiny(**MODERN)
+    assert "transformer.wpe.weight" in dict(classic.named_parameters())
+    assert "transformer.wpe.weight" not in dict(modern.named_parameters()), "rotary positions need no table"
+    assert modern.num_params(non_embedding=False) == classic.num_params(non_embedding=False) - 16 * 32 - 5 * 32 \
+        + 2 * 2 * 16 + 1, "no positions, no biases in the 5 norms; q and k gains per layer; one U-net skip weight"
+    assert all(not b.attn.c_proj.weight.detach().any() and not b.mlp.c_proj.weight.detach().any()
+               for b in modern.transformer.h), "zero-initialised output projections"
+    logits, _ = tiny(logit_softcap=2.0)(torch.randint(0, 37, (2, 16)))
+    assert logits.abs().max() < 2.0
+    with pytest.raises(PipelineError, match="model.mlp must be one of gelu, relu2"):
+        GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=8, mlp="swish")
+    with pytest.raises(PipelineError, match="even head width"):
+        GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=3, n_embd=9, positions="rope")
+
+
+def test_rotary_positions_restart_at_each_document():
+    """With segment ids, a document's logits do not depend on where in the block it sits."""
+    model = tiny(positions="rope", doc_mask=True)
+    doc = torch.randint(0, 37, (1, 6))
+    other = torch.randint(0, 37, (1, 10))
+    packed = torch.cat([other, doc], dim=1)
+    segments = torch.tensor([[1] * 10 + [2] * 6])
+    logits, _ = model(packed, segment_ids=segments)
+    alone, _ = model(doc)
+    torch.testing.assert_close(logits[:, 10:], alone, atol=1e-5, rtol=0)
+
+
+def test_hidden_matrices_are_the_linear_layers_inside_the_blocks():
+    model = tiny(tie_weights=False, **MODERN)
+    matrices = model.hidden_matrices()
+    names = {id(p): n for n, p in model.named_parameters()}
+    got = sorted((names[id(p)], parts) for p, parts in matrices)
+    assert got == sorted([(f"transformer.h.{i}.{n}", 3 if n == "attn.c_attn.weight" else 1) for i in range(2)
+                          for n in ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")])
+
+
+def test_a_checkpoint_from_before_the_switches_loads_as_classic(tmp_path):
+    tiny().save(tmp_path / "gpt")
+    config = json.loads((tmp_path / "gpt/model_config.json").read_text())
+    for name in ("positions", "rope_theta", "norm", "mlp", "qk_norm", "zero_init", "logit_softcap", "unet"):
+        config.pop(name)
+    (tmp_path / "gpt/model_config.json").write_text(json.dumps(config))
+    assert GPT.load(tmp_path / "gpt").config == tiny().config

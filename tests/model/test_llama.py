@@ -11,7 +11,8 @@ transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
 from model.gpt import GPT, GPTConfig  # noqa: E402
-from model.llama import Llama, LlamaConfig, llama3_scale, load_any  # noqa: E402
+from model.layers import llama3_scale  # noqa: E402
+from model.llama import Llama, LlamaConfig, load_any  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 
 VOCAB, CTX = 61, 32

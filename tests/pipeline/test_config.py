@@ -199,6 +199,13 @@ def test_the_limits_cover_the_model_side():
         (lambda p: p["sample"].update(prompts=[]), "sample.prompts"),
         (lambda p: p["train"].update(device="tpu"), "train.device"),
         (lambda p: p["wandb"].update(mode="loud"), "wandb.mode"),
+        (lambda p: p["model"].update(recipe="future"), "model.recipe"),
+        (lambda p: p["model"].update(mlp="swish"), "model.mlp"),
+        (lambda p: p["model"].update(arch="llama", preset="llama-cpu", qk_norm=True), "model.qk_norm"),
+        (lambda p: p["model"].update(arch="llama", preset="llama-cpu", recipe="modern"), "model.recipe"),
+        (lambda p: p["train"].update(optimizer="sgd"), "train.optimizer"),
+        (lambda p: p["train"].update(precision="fp8"), "train.precision"),
+        (lambda p: p["train"].update(device="cpu", doc_mask_kernel="flex"), "train.doc_mask_kernel"),
     ],
 )
 def test_model_side_params_fail_at_load(tmp_path, edit, key):
@@ -207,3 +214,15 @@ def test_model_side_params_fail_at_load(tmp_path, edit, key):
     with pytest.raises(ConfigError) as error:
         load_params(write(tmp_path, params))
     assert key in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_recipe_names_the_layer_switches_and_each_switch_overrides_it():
+    from pipeline.config import RECIPES, ModelConfig
+
+    assert ModelConfig().layers() == RECIPES["classic"]
+    assert ModelConfig(recipe="modern").layers() == RECIPES["modern"]
+    assert ModelConfig(recipe="modern", mlp="gelu").layers() == {**RECIPES["modern"], "mlp": "gelu"}
+    assert ModelConfig(arch="llama", preset="llama-cpu").layers() == {}
+    from model.gpt import GPT2_LAYERS
+
+    assert RECIPES["classic"] == GPT2_LAYERS, "classic is GPT-2's own layers, the model's defaults"
