@@ -5,7 +5,8 @@
     python bench/recipe_bench.py --data nanogpt --variants classic muon --set train.muon_lr=0.04
 
 Every variant is the baseline (GPT-2's layers, AdamW: `--data`'s config) with some params changed
-(VARIANTS). Equal wall time: the baseline runs `--steps` optimizer steps; each variant first times
+(VARIANTS): each switch on its own, all of them (`all`), all but one (`all-no-<switch>`), the
+`modern` preset, the Llama layout, bf16 autocast. Equal wall time: the baseline runs `--steps` optimizer steps; each variant first times
 a short probe of itself (`--probe` steps, the first untimed) and then gets as many steps as fit
 in the baseline's step time, with warmup scaled alike. Each run is a fresh process calling
 `model.train.train` (no periodic evaluation, no checkpoints but the last), timed around that call;
@@ -35,9 +36,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# name -> params changed from the baseline ("model.x" / "train.x": value)
-VARIANTS: dict[str, dict] = {
-    "classic": {},
+from pipeline.stats import t975  # noqa: E402
+
+# Each switch on its own: params changed from the baseline ("model.x" / "train.x": value)
+SWITCHES: dict[str, dict] = {
     "muon": {"train.optimizer": "muon"},
     "rope": {"model.positions": "rope"},
     "rmsnorm": {"model.norm": "rmsnorm"},
@@ -45,12 +47,23 @@ VARIANTS: dict[str, dict] = {
     "qk_norm": {"model.qk_norm": True},
     "zero_init": {"model.zero_init": True},
     "softcap": {"model.logit_softcap": 15.0},
-    "untied": {"model.tie_weights": False},
     "unet": {"model.unet": True},
-    "modern": {"model.recipe": "modern", "train.optimizer": "muon"},
-    "modern-adamw": {"model.recipe": "modern"},
+    "untied": {"model.tie_weights": False},
+}
+ALL = {k: v for name, change in SWITCHES.items() if name != "untied" for k, v in change.items()}
+CLASSIC = {"train.optimizer": "adamw", "model.positions": "learned", "model.norm": "layernorm", "model.mlp": "gelu",
+           "model.qk_norm": False, "model.zero_init": False, "model.logit_softcap": 0.0, "model.unet": False}
+VARIANTS: dict[str, dict] = {
+    "classic": {},
+    **SWITCHES,
+    "all": ALL,  # every switch but untied, Muon included
+    **{f"all-no-{name}": {**ALL, **{k: CLASSIC[k] for k in change}} for name, change in SWITCHES.items() if name != "untied"},
+    **{"muon+" + "+".join(names): {k: v for n in ("muon", *names) for k, v in SWITCHES[n].items()}
+       for names in (("rope",), ("relu2",), ("softcap",), ("rope", "relu2"), ("rope", "softcap"), ("rope", "relu2", "softcap"))},
+    "modern": {"model.recipe": "modern", "train.optimizer": "muon"},  # the preset as pipeline.config.RECIPES has it
     "llama": {"model.arch": "llama", "model.preset": "llama-cpu"},
     "llama-muon": {"model.arch": "llama", "model.preset": "llama-cpu", "train.optimizer": "muon"},
+    "bf16": {"train.precision": "bf16"},  # autocast on the CPU (fast only where bf16 matmuls are: AMX)
 }
 RUNNER = """
 import json, sys, time
@@ -77,7 +90,7 @@ def default_setup(root: Path) -> dict:
     """This checkout's packed data and params.yaml's model and train sections."""
     import dataclasses
 
-    from pipeline.config import load_params
+    from pipeline.config import RECIPES, load_params
 
     params = load_params(ROOT / "params.yaml")
     data = ROOT / "data"
@@ -85,8 +98,9 @@ def default_setup(root: Path) -> dict:
         raise SystemExit("no data/packed: run `dvc repro pack` first")
     paths = {"train_dir": str(data / "packed/train"), "val_dir": str(data / "packed/val"), "vocab_dir": str(data / "vocab"),
              "out_dir": str(root / "model"), "checkpoint_dir": str(root / "checkpoints")}
-    return {"paths": paths, "model": dataclasses.asdict(params.model), "train": dataclasses.asdict(params.train),
-            "eval_blocks": params.evaluate.max_blocks}
+    model = dict(dataclasses.asdict(params.model), recipe="classic", **{name: None for name in RECIPES["classic"]})
+    train = dict(dataclasses.asdict(params.train), optimizer="adamw")  # the baseline is GPT-2's recipe, whatever the default run uses
+    return {"paths": paths, "model": model, "train": train, "eval_blocks": params.evaluate.max_blocks}
 
 
 def run_one(spec: dict) -> dict:
@@ -152,11 +166,6 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return m, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan"))
 
 
-def t95(n: int) -> float:
-    """Two-sided 95% Student t quantile for n - 1 degrees of freedom."""
-    return {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}.get(n, 1.96)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", choices=("nanogpt", "default"), default="nanogpt")
@@ -165,6 +174,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2000, help="the baseline's optimizer steps")
     p.add_argument("--probe", type=int, default=100, help="steps of each variant's timing probes (the faster of two counts)")
     p.add_argument("--same-steps", action="store_true", help="every variant runs --steps (no equal-time calibration: tuning)")
+    p.add_argument("--base-step-seconds", type=float, help="the baseline's seconds per step from an earlier invocation "
+                   "(its JSON's probe_step_seconds), so that runs added later get the same budget")
     p.add_argument("--set", nargs="*", default=[], help="extra changes for every variant, e.g. train.muon_lr=0.04")
     p.add_argument("--json", type=Path, help="write every run here")
     args = p.parse_args()
@@ -177,7 +188,8 @@ def main() -> None:
         setup = nanogpt_setup(tmp / "data") if args.data == "nanogpt" else default_setup(tmp)
         setup["paths"].update(out_dir=str(tmp / "model"), checkpoint_dir=str(tmp / "checkpoints"))
         base_model, base_train = apply(setup, {})
-        base_seconds = None if args.same_steps else step_seconds(setup, base_model, base_train, args.probe, tmp, "classic")
+        base_seconds = None if args.same_steps else (
+            args.base_step_seconds or step_seconds(setup, base_model, base_train, args.probe, tmp, "classic"))
         rows = {}
         for name in args.variants:
             model, train = apply(setup, {**VARIANTS[name], **extra})
@@ -221,7 +233,7 @@ def report(rows: dict, data: str) -> None:
                 cells.append("")
                 continue
             m, se = mean_se(diffs)
-            half = t95(len(diffs)) * se if len(diffs) > 1 else float("nan")
+            half = t975(len(diffs) - 1) * se if len(diffs) > 1 else float("nan")
             cells.append(f"{m:+.4f} ± {half:.4f}")
         print("| " + " | ".join(cells) + " |")
 

@@ -62,7 +62,7 @@ def orthogonalise(G: torch.Tensor, coefficients: tuple[float, float, float], ste
 def orthogonalisation_dtype(device: torch.device) -> torch.dtype:
     """bf16 where its matmuls are fast (CUDA, CPUs with AMX tiles), else fp32.
 
-    Measured on 2-core CPUs (bench/README.md, "Muon"): with AMX, bf16 Newton–Schulz took 0.4x the
+    Measured on 2-core CPUs (bench/README.md, "Muon"): with AMX, bf16 Newton–Schulz took 0.33-0.54x the
     time of fp32; on an AMD EPYC without AMX a bf16 matmul of these shapes took 3x fp32's."""
     if device.type == "cuda":
         return torch.bfloat16

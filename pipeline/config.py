@@ -43,7 +43,7 @@ PRESETS = {"gpt2": MODEL_PRESETS, "llama": LLAMA_PRESETS}
 # classic: GPT-2's own layers (2019). modern: the switches measured to help here (bench/README.md, "recipe").
 RECIPES: dict[str, dict[str, Any]] = {
     "classic": dict(positions="learned", norm="layernorm", mlp="gelu", qk_norm=False, zero_init=False, logit_softcap=0.0, unet=False),
-    "modern": dict(positions="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, zero_init=True, logit_softcap=15.0, unet=False),
+    "modern": dict(positions="rope", norm="layernorm", mlp="gelu", qk_norm=False, zero_init=False, logit_softcap=0.0, unet=False),
 }
 
 
@@ -255,7 +255,7 @@ class TrainConfig:
     muon_lr: float = limit(0.02, above=0.0)  # muon: peak learning rate of the hidden matrices
     muon_momentum: float = limit(0.95, at_least=0.0, below=1.0)  # muon: Nesterov momentum
     muon_momentum_warmup: int = limit(0, at_least=0)  # muon: steps over which momentum rises from 0.85 to muon_momentum (0: none)
-    muon_weight_decay: float = limit(0.0, at_least=0.0)  # muon: decoupled weight decay of the hidden matrices
+    muon_weight_decay: float = limit(0.1, at_least=0.0)  # muon: decoupled weight decay of the hidden matrices (each step: w -= muon_lr x this x w)
     grad_clip: float = limit(1.0, at_least=0.0)  # max global grad norm; 0 disables
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16 (autocast on either)
     doc_mask_kernel: Literal["auto", "flex", "dense"] = "auto"  # document masking: auto (flex on CUDA, dense on CPU) | flex | dense

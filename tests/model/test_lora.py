@@ -22,12 +22,13 @@ from tests.helpers import REPO, write_char_vocab
 
 ALL = LoraConfig().targets  # every Linear layer of either layout
 SIZES = dict(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)
+MODERN = dict(positions="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, logit_softcap=15.0, unet=True)  # the GPT-2 layout's switches
 
 
 def tiny(arch: str, **overrides) -> nn.Module:
     torch.manual_seed(0)
-    if arch == "gpt2":
-        return GPT(GPTConfig(**{**SIZES, **overrides})).eval()
+    if arch in ("gpt2", "modern"):
+        return GPT(GPTConfig(**{**SIZES, **(MODERN if arch == "modern" else {}), **overrides})).eval()
     return Llama(LlamaConfig(**{**SIZES, "n_kv_head": 1, "intermediate_size": 64, **overrides})).eval()
 
 
@@ -59,7 +60,7 @@ def test_only_the_adapters_train(arch, layers):
     torch.testing.assert_close(logits(model, idx), logits(tiny(arch), idx), atol=0, rtol=0)  # B = 0: the base model
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "modern", "llama"])
 def test_merged_equals_unmerged(arch):
     model = tiny(arch)
     apply_lora(model, rank=4, alpha=16, dropout=0.0, targets=["c_attn", "mlp.c_proj", "q_proj", "down_proj"])
@@ -130,7 +131,7 @@ def test_lora_errors_are_one_line(tmp_path):
 # ---- fine-tuning with LoRA ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "modern", "llama"])
 def test_lora_finetune_on_the_instruction_set(tmp_path, arch, capsys):
     from model.generate import main
 

@@ -143,7 +143,7 @@ def env() -> dict:
     return e
 
 
-MODERN = dict(TINY, recipe="modern", unet=True)
+MODERN = dict(TINY, recipe="modern", norm="rmsnorm", mlp="relu2", qk_norm=True, zero_init=True, logit_softcap=15.0, unet=True)  # every switch
 
 
 @pytest.mark.parametrize("recipe", ["adamw", "muon"])

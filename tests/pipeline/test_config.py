@@ -221,7 +221,7 @@ def test_a_recipe_names_the_layer_switches_and_each_switch_overrides_it():
 
     assert ModelConfig().layers() == RECIPES["classic"]
     assert ModelConfig(recipe="modern").layers() == RECIPES["modern"]
-    assert ModelConfig(recipe="modern", mlp="gelu").layers() == {**RECIPES["modern"], "mlp": "gelu"}
+    assert ModelConfig(recipe="modern", mlp="relu2").layers() == {**RECIPES["modern"], "mlp": "relu2"}
     assert ModelConfig(arch="llama", preset="llama-cpu").layers() == {}
     from model.gpt import GPT2_LAYERS
 
