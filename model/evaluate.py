@@ -8,6 +8,11 @@ the target tokens stand for (EOS stands for none), so models with different toke
 one scale. A source without validation blocks reports `tokens_<source>: 0` and null
 loss/perplexity/bpb. `unigram_loss[_<source>]` is the baseline a model without context gets on the
 same targets (from `data/packed/train`).
+
+`se_loss[_<source>]` and `se_bpb[_<source>]` are standard errors from the finite val set: how far
+the score would move on another val set of the same size from the same sources (ratio estimator
+over runs of consecutive blocks about one document long: `val_set_groups`). They say nothing about
+seed-to-seed noise of training; replicate runs measure that (`pipeline.compare`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import numpy as np
 import torch
 
 from model.runtime import resolve_device
-from model.scoring import check_compatible, folder_tokenizer, load_val_sets, score_blocks, spread_rows
+from model.scoring import block_losses, check_compatible, folder_tokenizer, load_val_sets, spread_rows
 from pipeline.blocks import Blocks, load_blocks
 from pipeline.config import EvaluateConfig, load_params
 from pipeline.errors import PipelineError, cli
@@ -34,17 +39,53 @@ def score_sources(
     token_bytes: np.ndarray,
 ) -> dict:
     """Flat metrics: loss/perplexity/tokens/bpb overall (token-weighted) and per source, on the first
-    `max_blocks` blocks spread over each val set (0: all)."""
+    `max_blocks` blocks spread over each val set (0: all), each loss and bpb with its standard error
+    (`se_loss[_<source>]`, `se_bpb[_<source>]`: `val_set_groups`)."""
     doc_mask = bool(getattr(model.config, "doc_mask", False))
     metrics: dict = {}
-    total, count, nbytes = 0.0, 0, 0
+    groups, strata = [], []
     for name, blocks in val.items():
         rows = spread_rows(len(blocks), max_blocks)
-        s, c, b = score_blocks(model, blocks, rows, batch_size, device, doc_mask, token_bytes)
-        metrics.update(_loss_metrics(s, c, b, f"_{name}"))
-        total, count, nbytes = total + s, count + c, nbytes + b
-    metrics.update(_loss_metrics(total, count, nbytes, ""))
+        scores = np.stack(block_losses(model, blocks, rows, batch_size, device, doc_mask, token_bytes))  # (3, rows)
+        grouped = val_set_groups(scores, blocks.manifest, len(rows) / max(1, len(blocks)))
+        metrics.update(_loss_metrics(grouped, f"_{name}"))
+        groups.append(grouped)
+        strata.append(np.full(grouped.shape[1], len(strata)))
+    metrics.update(_loss_metrics(np.concatenate(groups, axis=1) if groups else np.zeros((3, 0)), "",
+                                 np.concatenate(strata) if strata else None))
     return dict(sorted(metrics.items()))
+
+
+def val_set_groups(scores: np.ndarray, manifest: dict, scored_share: float) -> np.ndarray:
+    """Per-block (loss sum, targets, bytes) summed over runs of consecutive blocks about one document
+    long, the units whose spread gives the standard error. Blocks of one document are not independent
+    evidence (a hard document is hard in all its blocks), so the unit is a document's worth of blocks:
+    the manifest's tokens per document over the context (one block when it names no documents),
+    scaled by the share of blocks scored. The mean document length is used, not each document's
+    own blocks, so a corpus of very uneven documents gets a somewhat too small error."""
+    docs = sum(int(entry.get("docs", 0)) for entry in manifest.get("sources", {}).values())
+    doc_blocks = int(manifest.get("n_tokens", 0)) / docs / int(manifest["context_length"]) if docs else 1.0
+    size = max(1, math.ceil(doc_blocks * scored_share))
+    return np.stack([np.bincount(np.arange(scores.shape[1]) // size, weights=row) for row in scores]) if scores.size else scores
+
+
+def ratio_se(numerator: np.ndarray, denominator: np.ndarray, strata: np.ndarray | None = None) -> float | None:
+    """Standard error of sum(numerator) / sum(denominator) over independent units (the linearised
+    ratio estimator); with `strata` (a label per unit: the source), each stratum's size is held
+    fixed, so only the spread within a source counts, not the gap between sources. None with fewer
+    than two units in a stratum."""
+    strata = np.zeros(len(numerator), np.int64) if strata is None else strata
+    total = float(denominator.sum())
+    if total == 0:
+        return None
+    residual = numerator - float(numerator.sum()) / total * denominator
+    variance = 0.0
+    for label in np.unique(strata):
+        part = residual[strata == label]
+        if len(part) < 2:
+            return None
+        variance += len(part) / (len(part) - 1) * float(((part - part.mean()) ** 2).sum())
+    return math.sqrt(variance) / total
 
 
 def unigram_baseline(train: Blocks, val: dict[str, Blocks], max_blocks: int, vocab_size: int) -> dict:
@@ -66,13 +107,18 @@ def unigram_baseline(train: Blocks, val: dict[str, Blocks], max_blocks: int, voc
     return metrics
 
 
-def _loss_metrics(total: float, count: int, nbytes: int, suffix: str) -> dict:
+def _loss_metrics(groups: np.ndarray, suffix: str, strata: np.ndarray | None = None) -> dict:
+    """loss, perplexity, tokens, bpb and the standard errors of loss and bpb, from (3, units) sums
+    (`strata`: the source of each unit, for the overall scores)."""
+    total, count, nbytes = float(groups[0].sum()), int(groups[1].sum()), int(groups[2].sum())
     loss = total / count if count else None
     return {
         f"loss{suffix}": loss,
         f"perplexity{suffix}": math.exp(min(loss, 700.0)) if loss is not None else None,
         f"tokens{suffix}": count,
         f"bpb{suffix}": total / math.log(2) / nbytes if nbytes else None,
+        f"se_loss{suffix}": ratio_se(groups[0], groups[1], strata) if count else None,
+        f"se_bpb{suffix}": ratio_se(groups[0] / math.log(2), groups[2], strata) if nbytes else None,
     }
 
 

@@ -8,6 +8,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from model.runtime import autocast_for
 from pipeline.blocks import Blocks, load_blocks
@@ -95,6 +96,43 @@ def summed_loss(model: torch.nn.Module, batches: Iterable[dict], device: torch.d
     return total, count
 
 
+def block_losses(
+    model: torch.nn.Module,
+    blocks: Blocks,
+    rows: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    doc_mask: bool = False,
+    token_bytes: Optional[np.ndarray] = None,
+    precision: str = "auto",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each block of `rows`: the cross-entropy summed over its loss-masked targets, their count,
+    and (with `token_bytes`, the UTF-8 size of each token id) the bytes they stand for; float64 and
+    int64 arrays of len(rows). Every batch has `batch_size` rows (the last one is topped up with
+    masked-out repeats), so a compiled model sees one shape. Eval mode; the mode is restored."""
+    autocast = autocast_for(device, precision)
+    was_training = model.training
+    model.eval()
+    losses, counts, nbytes = np.zeros(len(rows)), np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64)
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            part = rows[start : start + batch_size]
+            arrays = blocks.batch(np.resize(part, batch_size))
+            arrays["loss_mask"][len(part) :] = False
+            mask = arrays["loss_mask"][: len(part)]
+            if token_bytes is not None:
+                nbytes[start : start + len(part)] = (token_bytes[arrays["targets"][: len(part)]] * mask).sum(axis=1)
+            counts[start : start + len(part)] = mask.sum(axis=1)
+            batch = {k: torch.as_tensor(v).to(device) for k, v in arrays.items()}
+            with autocast():
+                logits, _ = model(batch["inputs"], segment_ids=batch.get("segment_ids") if doc_mask else None)
+            targets = batch["targets"].long().masked_fill(~batch["loss_mask"].bool(), -100)  # (B, T)
+            per_token = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none")
+            losses[start : start + len(part)] = per_token.view(targets.shape).sum(dim=1)[: len(part)].double().cpu().numpy()
+    model.train(was_training)
+    return losses, counts, nbytes
+
+
 def score_blocks(
     model: torch.nn.Module,
     blocks: Blocks,
@@ -105,20 +143,7 @@ def score_blocks(
     token_bytes: Optional[np.ndarray] = None,
     precision: str = "auto",
 ) -> tuple[float, int, int]:
-    """Summed loss over the targets of block `rows`, their count, and (with `token_bytes`, the UTF-8
-    size of each token id) the bytes those targets stand for. Every batch has `batch_size` rows (the
-    last one is topped up with masked-out repeats), so a compiled model sees one shape."""
-    nbytes = 0
-
-    def batches():
-        nonlocal nbytes
-        for start in range(0, len(rows), batch_size):
-            part = rows[start : start + batch_size]
-            arrays = blocks.batch(np.resize(part, batch_size))
-            arrays["loss_mask"][len(part) :] = False
-            if token_bytes is not None:
-                nbytes += int(token_bytes[arrays["targets"][arrays["loss_mask"]]].sum())
-            yield arrays
-
-    total, count = summed_loss(model, batches(), device, doc_mask, precision)
-    return total, count, nbytes
+    """Summed loss over the targets of block `rows`, their count, and the bytes they stand for
+    (`block_losses` added up)."""
+    losses, counts, nbytes = block_losses(model, blocks, rows, batch_size, device, doc_mask, token_bytes, precision)
+    return float(losses.sum()), int(counts.sum()), int(nbytes.sum())

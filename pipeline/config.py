@@ -191,7 +191,7 @@ class ModelConfig:
     bias: bool = True  # gpt2: biases in Linear and LayerNorm layers (GPT-2 has them; Llama has none)
     tie_weights: bool = True  # share the token embedding with the output layer (GPT-2 does)
     doc_mask: bool = False  # no attention across document boundaries inside a packed block
-    recipe: Literal["classic", "modern"] = "classic"  # gpt2: the layer switches below by name (classic: GPT-2's own; modern: what measured best here)
+    recipe: Literal["classic", "modern"] = "classic"  # gpt2: the layer switches below by name (classic: GPT-2's own; modern: what measured best here); llama: not used
     positions: Optional[Literal["learned", "rope"]] = None  # gpt2: learned position table | rope (rotary); null: the recipe's
     norm: Optional[Literal["layernorm", "rmsnorm"]] = None  # gpt2: layernorm | rmsnorm (scale only); null: the recipe's
     mlp: Optional[Literal["gelu", "relu2"]] = None  # gpt2: gelu | relu2 (ReLU squared); null: the recipe's
@@ -208,9 +208,9 @@ class ModelConfig:
             for name in ("n_kv_head", "intermediate_size", "rope_theta"):
                 if getattr(self, name) is not None:
                     raise ConfigError(f"{key}.{name}: only for model.arch: llama")
-        else:
-            for name in ("recipe", *RECIPES["classic"]):
-                if getattr(self, name) not in (None, "classic"):
+        else:  # `recipe` names GPT-2-layout switches and does not apply; a switch set by hand is a mistake
+            for name in RECIPES["classic"]:
+                if getattr(self, name) is not None:
                     raise ConfigError(f"{key}.{name}: only for model.arch: gpt2 (the Llama layout is Hugging Face's, as it is)")
         shape = self.shape()
         missing = [name for name, value in shape.items() if value is None]

@@ -100,6 +100,19 @@ def test_experiments_rerun_from_mix_and_compare(clones):
     assert shares == pytest.approx([0.5 / 1.4, 0.5, 0.9 / 1.4, 0.5 / 0.7], abs=1e-3)
     assert (repo / "reports/compare.png").stat().st_size > 10_000
 
+    seed = yaml.safe_load((repo / "params.yaml").read_text())["seed"]
+    output = run(["python", "-m", "pipeline.replicate", "--seeds", "2", "--exp", "notes-heavy"], repo).stdout
+    assert f"queued notes-heavy-s{seed + 1}" in output and "1 of 2 seeds already run" in output
+    output = run(["dvc", "exp", "run", "--run-all"], repo).stdout
+    assert "train" in ran(output) and not any(s.startswith(("tokenize", "split")) for s in ran(output))
+    run(["python", "-m", "pipeline.compare", "--x", "notes"], repo)
+    rows = list(csv.DictReader((repo / "reports/compare.csv").open()))
+    heavy = next(r for r in rows if r["experiment"] == "notes-heavy")
+    assert len(rows) == 4 and heavy["seeds"] == "2" and float(heavy["val_loss_overall_se"]) > 0
+    assert "notes-heavy against" in (repo / "reports/compare.md").read_text()
+    again = run(["python", "-m", "pipeline.replicate", "--seeds", "2", "--exp", "notes-heavy"], repo).stdout
+    assert "0 replicates queued (2 of 2 seeds already run)" in again
+
 
 def test_mixture_search_plans_runs_and_fits_through_dvc(clones):
     """plan -> dvc exp run --run-all -> fit, on the tiny project: five proxy runs over a grid of the

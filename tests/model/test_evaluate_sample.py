@@ -85,6 +85,37 @@ def test_evaluate_per_source_and_overall(tmp_path, model_dir):
     first = evaluate(model_dir, val, EvaluateConfig(max_blocks=2, batch_size=16, device="cpu"))
     assert first["tokens_code"] == 2 * T and first["tokens_prose"] == 2 * T
 
+    assert m["se_loss_code"] > 0 and m["se_bpb_prose"] > 0 and m["se_loss"] > 0
+    assert m["se_loss_empty"] is None and m["se_bpb_empty"] is None
+
+
+def test_val_set_error_is_the_spread_of_document_sized_units():
+    from model.evaluate import ratio_se, val_set_groups
+
+    rng = np.random.default_rng(0)
+    losses = rng.uniform(10, 20, size=40)
+    counts = np.full(40, 8.0)
+    se = ratio_se(losses, counts)  # equal counts: the standard error of the per-unit mean loss
+    assert se == pytest.approx(np.std(losses / 8, ddof=1) / math.sqrt(40), rel=1e-12)
+    assert ratio_se(losses[:1], counts[:1]) is None
+
+    # Two sources far apart, little spread within each: the gap between them is not noise.
+    code, prose = 8 * (1 + rng.normal(0, 0.01, 30)), 8 * (3 + rng.normal(0, 0.01, 30))
+    pooled = np.concatenate([code, prose])
+    strata = np.repeat([0, 1], 30)
+    within = ratio_se(pooled, np.full(60, 8.0), strata)
+    assert within < 0.01 < ratio_se(pooled, np.full(60, 8.0))
+    expected = math.sqrt(sum(np.var(x / 8, ddof=1) * 30 for x in (code, prose))) / 60  # independent strata
+    assert within == pytest.approx(expected, rel=1e-9)
+
+    scores = np.stack([losses[:7], counts[:7], counts[:7] * 3])
+    manifest = {"context_length": 10, "n_tokens": 300, "sources": {"a": {"docs": 8}, "b": {"docs": 2}}}  # 3 blocks a document
+    grouped = val_set_groups(scores, manifest, 1.0)
+    assert grouped.shape == (3, 3)  # blocks 0-2, 3-5, 6
+    np.testing.assert_allclose(grouped.sum(axis=1), scores.sum(axis=1))
+    assert grouped[0, 0] == pytest.approx(losses[:3].sum())
+    assert val_set_groups(scores, manifest, 1 / 3).shape == (3, 7)  # a third scored: neighbours are a document apart
+
 
 def test_evaluate_refuses_other_vocab_or_longer_context(tmp_path, model_dir):
     write_val(tmp_path / "v1" / "code", 2, 1, vocab_size=V + 1)

@@ -202,7 +202,7 @@ def test_the_limits_cover_the_model_side():
         (lambda p: p["model"].update(recipe="future"), "model.recipe"),
         (lambda p: p["model"].update(mlp="swish"), "model.mlp"),
         (lambda p: p["model"].update(arch="llama", preset="llama-cpu", qk_norm=True), "model.qk_norm"),
-        (lambda p: p["model"].update(arch="llama", preset="llama-cpu", recipe="modern"), "model.recipe"),
+        (lambda p: p["model"].update(arch="llama", preset="llama-cpu", positions="rope"), "model.positions"),
         (lambda p: p["train"].update(optimizer="sgd"), "train.optimizer"),
         (lambda p: p["train"].update(precision="fp8"), "train.precision"),
         (lambda p: p["train"].update(device="cpu", doc_mask_kernel="flex"), "train.doc_mask_kernel"),
@@ -226,3 +226,12 @@ def test_a_recipe_names_the_layer_switches_and_each_switch_overrides_it():
     from model.gpt import GPT2_LAYERS
 
     assert RECIPES["classic"] == GPT2_LAYERS, "classic is GPT-2's own layers, the model's defaults"
+
+
+def test_the_default_params_switch_to_the_llama_layout_with_two_keys(tmp_path):
+    """The default run's recipe names GPT-2-layout switches; it does not stop an arch change."""
+    params = default_params()
+    assert params["model"]["recipe"] == "modern" and params["train"]["optimizer"] == "muon"
+    params["model"].update(arch="llama", preset="llama-cpu")
+    loaded = load_params(write(tmp_path, params))
+    assert loaded.model.arch == "llama" and loaded.model.layers() == {}
