@@ -46,7 +46,7 @@ from pipeline.paths import METRICS_DIR, REPORTS_DIR
 
 PREFIX = "mixsearch"
 PROXY = {"model.preset": "cpu-tiny", "train.max_iters": "150", "train.eval_interval": "0", "train.checkpoint_interval": "0",
-         "evaluate.max_blocks": "64"}
+         "evaluate.max_blocks": "0"}
 MIX_FILE = (METRICS_DIR / "mix.json").as_posix()
 CANDIDATES = 200_000
 
