@@ -131,19 +131,3 @@ def block_losses(
             losses[start : start + len(part)] = per_token.view(targets.shape).sum(dim=1)[: len(part)].double().cpu().numpy()
     model.train(was_training)
     return losses, counts, nbytes
-
-
-def score_blocks(
-    model: torch.nn.Module,
-    blocks: Blocks,
-    rows: np.ndarray,
-    batch_size: int,
-    device: torch.device,
-    doc_mask: bool = False,
-    token_bytes: Optional[np.ndarray] = None,
-    precision: str = "auto",
-) -> tuple[float, int, int]:
-    """Summed loss over the targets of block `rows`, their count, and the bytes they stand for
-    (`block_losses` added up)."""
-    losses, counts, nbytes = block_losses(model, blocks, rows, batch_size, device, doc_mask, token_bytes, precision)
-    return float(losses.sum()), int(counts.sum()), int(nbytes.sum())

@@ -37,7 +37,7 @@ from model.runtime import (
     Dist, all_reduce_sum, autocast_for, gather, init_distributed, peak_flops, prepare, set_threads, shutdown,
 )
 from model.stream import BlockOrder, Position, Prefetcher
-from model.scoring import check_compatible, folder_tokenizer, load_val_sets, score_blocks, spread_rows, tokenizer_name
+from model.scoring import block_losses, check_compatible, folder_tokenizer, load_val_sets, spread_rows, tokenizer_name
 from pipeline.blocks import Blocks, load_blocks
 from pipeline.config import ModelConfig, TrainConfig, load_params
 from pipeline.errors import PipelineError, cli
@@ -288,8 +288,9 @@ class Run:
         doc_mask = bool(self.model.config.doc_mask)
         for i, (name, blocks) in enumerate(self.data.val.items()):
             rows = spread_rows(len(blocks), self.cfg.eval_blocks)[self.d.rank :: self.d.world]
-            sums[i, 0], sums[i, 1], _ = score_blocks(self.eval_model, blocks, rows, self.cfg.batch_size, self.device, doc_mask,
-                                                     precision=self.cfg.precision)
+            losses, counts, _ = block_losses(self.eval_model, blocks, rows, self.cfg.batch_size, self.device, doc_mask,
+                                             precision=self.cfg.precision)
+            sums[i, 0], sums[i, 1] = float(losses.sum()), int(counts.sum())
         totals = all_reduce_sum(sums, self.d).cpu().tolist()
         per_source = {name: (s / c if c else float("nan")) for name, (s, c) in zip(self.data.val, totals)}
         total, count = sum(s for s, _ in totals), sum(c for _, c in totals)
