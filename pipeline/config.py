@@ -160,6 +160,7 @@ class SplitConfig:
 class MixConfig:
     weights: dict[str, float] = field(default_factory=dict)  # relative share of train tokens per source
     train_tokens: int = limit(1_000_000, at_least=1)  # train-token budget of the mixture (EOS separators included)
+    data_fraction: float = limit(1.0, above=0.0, at_most=1.0)  # share of each source's train tokens the mixture draws from (a seeded subset of documents); a mixture-search proxy at 1/4 of the budget uses 0.25, so each source repeats as often as in the full run
 
     def validate(self, key: str) -> None:
         for name, weight in self.weights.items():

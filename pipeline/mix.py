@@ -3,7 +3,10 @@
 Weights are shares of train *tokens* (each document costs its tokens plus one EOS). A source
 whose share exceeds its size is repeated in whole epochs, then topped up with a seeded sample of
 its documents; a smaller share is a seeded sample alone. The last sampled document is cut so
-the source gets exactly its share. Each source samples with its own seed (from `seed` and its
+the source gets exactly its share. With `data_fraction` below 1, each source first keeps a seeded
+subset of its documents holding that share of its tokens, and epochs count over the subset: a
+mixture-search proxy with a quarter of the budget and a quarter of the data repeats every source
+as often as the full run does (repetition is what a mixture changes most on small sources). Each source samples with its own seed (from `seed` and its
 name), so adding a source never changes what another contributes. Val sets are never mixed.
 
 Writes `data/mix/`, an index over the token stores in the mixture's (seeded) order: `source.npy`
@@ -64,6 +67,17 @@ def select_tokens(lengths: np.ndarray, target: int, rng: np.random.Generator) ->
     return Selection(rows=np.concatenate(rows).astype(np.int64), keep=np.concatenate(keep).astype(np.int64))
 
 
+def draw_pool(lengths: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """The documents (sorted indices) the mixture may use: all of them, or a seeded subset holding
+    `fraction` of the tokens (the document that crosses the mark is in; at least one document)."""
+    if fraction >= 1:
+        return np.arange(len(lengths))
+    order = rng.permutation(len(lengths))
+    filled = np.cumsum(lengths[order] + 1)
+    count = int(np.searchsorted(filled, fraction * filled[-1], side="left")) + 1
+    return np.sort(order[: min(count, len(order))])
+
+
 def split_budget(budget: int, shares: dict[str, float]) -> dict[str, int]:
     """Whole-token targets that add up to `budget` exactly (largest remainder, ties by name)."""
     quotas = {name: budget * share for name, share in sorted(shares.items())}
@@ -81,13 +95,17 @@ def plan_mixture(lengths: dict[str, np.ndarray], cfg: MixConfig, seed: int) -> t
     selections, report = {}, {}
     for name, target in targets.items():
         weight = cfg.weights[name]
-        available = int((lengths[name] + 1).sum())
-        selections[name] = select_tokens(lengths[name], target, source_rng(seed, name))
+        rng = source_rng(seed, name)
+        pool = draw_pool(lengths[name], cfg.data_fraction, rng)
+        available = int((lengths[name][pool] + 1).sum())
+        chosen = select_tokens(lengths[name][pool], target, rng)
+        selections[name] = Selection(rows=pool[chosen.rows], keep=chosen.keep)
         report[name] = {
             "weight": weight,
             "requested_share": weight / total_weight,
             "epochs": target / available,
             "available_tokens": available,
+            "source_tokens": int((lengths[name] + 1).sum()),
         }
     achieved = {name: int((s.keep + 1).sum()) for name, s in selections.items()}
     total = sum(achieved.values())

@@ -139,14 +139,31 @@ def test_report_fields():
     assert report["train_tokens"] == sum(cost(s) for s in selections.values())
     for name, weight in cfg.weights.items():
         row = report["sources"][name]
-        assert set(row) == {"weight", "requested_share", "achieved_share", "epochs", "available_tokens", "tokens", "docs"}
+        assert set(row) == {"weight", "requested_share", "achieved_share", "epochs", "available_tokens", "source_tokens", "tokens", "docs"}
         assert row["weight"] == weight
         assert row["requested_share"] == pytest.approx(weight / 4)
-        assert row["available_tokens"] == int((lengths[name] + 1).sum())
+        assert row["available_tokens"] == row["source_tokens"] == int((lengths[name] + 1).sum())
         assert row["tokens"] == cost(selections[name])
         assert row["docs"] == len(selections[name].rows)
         assert row["achieved_share"] == pytest.approx(row["tokens"] / report["train_tokens"])
         assert row["epochs"] == pytest.approx(row["tokens"] / row["available_tokens"], abs=1e-3)
+
+
+def test_a_data_fraction_repeats_each_source_as_often_as_the_full_budget():
+    """A proxy with a quarter of the budget and a quarter of the data: same epochs per source."""
+    lengths = source_lengths()
+    full, full_report = plan_mixture(lengths, MixConfig(WEIGHTS, BUDGET), seed=3)
+    proxy, proxy_report = plan_mixture(lengths, MixConfig(WEIGHTS, BUDGET // 4, data_fraction=0.25), seed=3)
+    for name in WEIGHTS:
+        row, full_row = proxy_report["sources"][name], full_report["sources"][name]
+        assert row["source_tokens"] == full_row["source_tokens"]
+        assert row["available_tokens"] == pytest.approx(0.25 * row["source_tokens"], rel=0.1)
+        assert row["epochs"] == pytest.approx(full_row["epochs"], rel=0.1), name
+        assert len(np.unique(proxy[name].rows)) < 0.4 * len(lengths[name]), "drawn from a subset"
+    pool = np.unique(proxy["small"].rows)
+    assert np.all(np.bincount(proxy["small"].rows)[pool] >= int(proxy_report["sources"]["small"]["epochs"]))
+    again, _ = plan_mixture(lengths, MixConfig(WEIGHTS, BUDGET, data_fraction=1.0), seed=3)
+    assert all(np.array_equal(again[n].rows, full[n].rows) for n in WEIGHTS), "a fraction of 1 changes nothing"
 
 
 def test_interleave_holds_the_selected_documents_exactly(tmp_path):
