@@ -115,21 +115,26 @@ def test_experiments_rerun_from_mix_and_compare(clones):
 
 
 def test_mixture_search_plans_runs_and_fits_through_dvc(clones):
-    """plan -> dvc exp run --run-all -> fit, on the tiny project: five proxy runs over a grid of the
-    two sources, a recommendation inside the sampled range, and the command that runs it."""
+    """plan -> dvc exp run --run-all -> fit -> verify, on the tiny project: four proxy mixtures over
+    a grid of the two sources and the uniform anchor at two seeds, each proxy at a quarter of the
+    steps, tokens and data; a recommendation (or "cannot tell") with its interval; verify's queue."""
     _, repo = clones
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline"], repo)
-    planned = run(["python", "-m", "pipeline.mixsearch", "plan", "--runs", "5", "--set", "train.max_iters=6",
-                   "--set", "model.preset=cpu-tiny"], repo).stdout
-    assert planned.count("dvc exp run --queue -n mixsearch-0-") == 5
+    planned = run(["python", "-m", "pipeline.mixsearch", "plan", "--runs", "4", "--replicates", "2"], repo).stdout
+    assert planned.count("dvc exp run --queue -n mixsearch-0-") == 6 and "mixsearch-0-uniform-s8" in planned
+    assert "mix.data_fraction=0.25" in planned and "train.max_iters=8" in planned and "mix.train_tokens=750" in planned
     run(["dvc", "exp", "run", "--run-all"], repo)
-    run(["python", "-m", "pipeline.mixsearch", "fit", "--target", "loss_notes"], repo)
+    run(["python", "-m", "pipeline.mixsearch", "fit"], repo)
     result = json.loads((repo / "reports/mixsearch.json").read_text())
-    assert result["runs"] == 5 and set(result["recommended"]) == {"notes", "records"}
-    assert 0.05 - 1e-9 <= result["recommended"]["notes"] <= 0.95 + 1e-9
+    assert result["runs"] == 6 and result["mixtures"] == 5 and result["seed_noise_df"] == 1
+    assert result["target"] == {"bpb_notes": 1.0, "bpb_records": 1.0}
+    assert result["decision"] in ("fitted", "cannot tell") and set(result["recommended"]) == {"notes", "records"}
+    assert result["gain_over_uniform"]["low"] <= result["gain_over_uniform"]["mean"] <= result["gain_over_uniform"]["high"]
     assert result["command"].startswith("dvc exp run -S mix.weights.notes=")
-    assert (repo / "reports/mixsearch_surface.png").is_file()
+    assert (repo / "reports/mixsearch_surface.png").is_file() and "Target: 1 x bpb_notes + 1 x bpb_records" in (repo / "reports/mixsearch.md").read_text()
+    queued = run(["python", "-m", "pipeline.mixsearch", "verify", "--seeds", "2", "--dry-run"], repo).stdout
+    assert queued.count("dvc exp run --queue -n verify-") >= 4 and "verify-uniform-s8" in queued
 
 
 def test_a_llama_layout_model_trains_through_dvc(clones):
