@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from model.gpt import GPT, GPTConfig  # noqa: E402
-from pipeline.config import MODEL_PRESETS as PRESETS  # noqa: E402
+from model.config import MODEL_PRESETS as PRESETS  # noqa: E402
 from machine import busy_seconds, load, own_seconds  # noqa: E402
 
 

@@ -49,7 +49,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from model.metrics import Tracker
 from model.train import train
-from pipeline.config import ModelConfig, TrainConfig
+from model.config import ModelConfig, TrainConfig
 spec = json.loads(Path(sys.argv[1]).read_text())
 timing = spec.get("timing")
 tracker = Tracker(Path(timing).parent / "metrics", timing_file=timing) if timing else Tracker(None)
@@ -153,7 +153,7 @@ def check_recipe(device: str, size: dict, tmp: Path) -> dict:
 def check_doc_mask(device: str, size: dict) -> dict:
     from model.gpt import GPT, GPTConfig
     from model.runtime import autocast_for, prepare
-    from pipeline.config import ModelConfig
+    from model.config import ModelConfig
 
     dev = torch.device(device)
     prepare(dev)
@@ -228,9 +228,10 @@ def check_torchrun(device: str, size: dict, tmp: Path) -> dict:
 def check_generation(device: str, size: dict, tmp: Path) -> dict:
     import transformers
 
+    from model.config import ModelConfig
+    from model.folders import write_hf
     from model.gpt import GPT, GPTConfig
     from model.runtime import prepare
-    from pipeline.config import ModelConfig
 
     dev = torch.device(device)
     prepare(dev)
@@ -239,7 +240,8 @@ def check_generation(device: str, size: dict, tmp: Path) -> dict:
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(5.0)  # peakier logits than the init's, so greedy choices are clear-cut
-    model.save_hf(tmp / "hf")
+    (tmp / "hf").mkdir()
+    write_hf(model, tmp / "hf")
     model = model.to(dev)
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp / "hf").to(dev).eval()
     prompt = torch.randint(0, size["vocab"], (1, 16), generator=torch.Generator().manual_seed(1)).to(dev)

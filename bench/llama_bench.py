@@ -10,7 +10,7 @@ tied) and GPT-2 124M (12/12/768, vocab 50257, tied). fp32 throughout.
   tokens; two untimed warm-up steps, then the mean of `--steps` timed steps. tokens/s = batch*seq / s.
 - generate: batch 1, a random 16-token prompt, `--new` new tokens, greedy, no EOS stop, with the KV
   cache; ours (`model.generate`) and transformers' (`generate(do_sample=False)` on the folder our
-  `save_hf` writes, loaded with AutoModelForCausalLM). One untimed short warm-up each, then
+  `model.folders.write_hf` writes, loaded with AutoModelForCausalLM). One untimed short warm-up each, then
   `--repeat` timed runs, interleaved, best kept; tokens/s = new tokens / s (prompt included). The
   two must produce the same token ids (checked; the script fails otherwise).
 "other procs (cores)": CPU time used by OTHER processes during the run / its wall time.
@@ -32,9 +32,10 @@ import torch  # noqa: E402
 
 from machine import busy_seconds, load, own_seconds  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
+from model.folders import write_hf  # noqa: E402
 from model.llama import Llama, LlamaConfig  # noqa: E402
 from model.optim import adamw  # noqa: E402
-from pipeline.config import LLAMA_PRESETS, MODEL_PRESETS  # noqa: E402
+from model.config import LLAMA_PRESETS, MODEL_PRESETS  # noqa: E402
 
 PROMPT_LEN = 16
 
@@ -72,7 +73,7 @@ def generate_speed(model, new: int, repeat: int) -> tuple[float, float]:
 
     transformers.logging.set_verbosity_error()
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_hf(tmp)
+        write_hf(model, Path(tmp))
         hf = transformers.AutoModelForCausalLM.from_pretrained(tmp).eval()
     hf.generation_config.eos_token_id = None  # no EOS stop, as ours
     hf.generation_config.pad_token_id = 0

@@ -23,7 +23,7 @@ from model.gpt import GPT, GPTConfig  # noqa: E402
 from model.optim import adamw  # noqa: E402
 from model.stream import BlockOrder, Position  # noqa: E402
 from pipeline.blocks import load_blocks  # noqa: E402
-from pipeline.config import ModelConfig  # noqa: E402
+from model.config import ModelConfig  # noqa: E402
 
 
 def load_seconds(blocks, batch: int, batches: int) -> float:

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from model.gpt import GPT, GPTConfig  # noqa: E402
 from model.optim import adamw, muon, orthogonalisation_dtype  # noqa: E402
-from pipeline.config import TrainConfig  # noqa: E402
+from model.config import TrainConfig  # noqa: E402
 
 SIZES = {
     "nanoGPT CPU (4/4/128, 12 x 64)": dict(n_layer=4, n_head=4, n_embd=128, block=64, batch=12, vocab=105),

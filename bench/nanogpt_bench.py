@@ -57,7 +57,7 @@ import json, sys
 from pathlib import Path
 from model.train import train
 from model.metrics import Tracker
-from pipeline.config import ModelConfig, TrainConfig
+from model.config import ModelConfig, TrainConfig
 spec = json.loads(Path(sys.argv[1]).read_text())
 train(1337, ModelConfig(**spec["model"]), TrainConfig(**spec["train"]), tracker=Tracker(None), **spec["paths"])
 """

@@ -90,7 +90,8 @@ def default_setup(root: Path) -> dict:
     """This checkout's packed data and params.yaml's model and train sections."""
     import dataclasses
 
-    from pipeline.config import RECIPES, load_params
+    from model.config import RECIPES
+    from pipeline.config import load_params
 
     params = load_params(ROOT / "params.yaml")
     data = ROOT / "data"
@@ -111,7 +112,8 @@ def run_one(spec: dict) -> dict:
     from model.evaluate import evaluate
     from model.metrics import Tracker
     from model.train import train
-    from pipeline.config import EvaluateConfig, ModelConfig, TrainConfig, from_dict
+    from model.config import EvaluateConfig, ModelConfig, TrainConfig
+    from pipeline.typed import from_dict
 
     for name in ("out_dir", "checkpoint_dir"):
         shutil.rmtree(spec["paths"][name], ignore_errors=True)

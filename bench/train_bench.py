@@ -41,7 +41,6 @@ import contextlib
 import io
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -54,13 +53,13 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.config import MODEL_PRESETS as PRESETS  # noqa: E402
+from model.config import MODEL_PRESETS as PRESETS  # noqa: E402
 from model.metrics import Tracker  # noqa: E402
 from model.optim import adamw  # noqa: E402
 from model.runtime import measure_matmul_flops  # noqa: E402
 from model.train import train  # noqa: E402
 from pipeline.blocks import write_blocks  # noqa: E402
-from pipeline.config import ModelConfig, TrainConfig  # noqa: E402
+from model.config import ModelConfig, TrainConfig  # noqa: E402
 from pipeline.tokenizer import CharTokenizer  # noqa: E402
 from machine import busy_seconds, load, own_seconds  # noqa: E402
 

@@ -1,6 +1,3 @@
-"""GPT-2 model, trainer, evaluation and generation."""
-
-from model.gpt import GPT, GPTConfig, load_any
-from model.llama import Llama, LlamaConfig
-
-__all__ = ["GPT", "GPTConfig", "Llama", "LlamaConfig", "load_any"]
+"""The model side: networks (gpt, llama), their folders on disk (folders), training, evaluation,
+generation and fine-tuning. Import the modules themselves; this package file imports nothing, so
+that reading params (model.config) does not load torch."""

@@ -20,8 +20,8 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
+from model.folders import TRAIN_MANIFEST_FILE, write_ours
 from pipeline.io import sha256_file, write_json
-from pipeline.paths import TRAIN_MANIFEST_FILE
 
 STATE_FILE = "train_state.pt"
 STATE_FORMAT = 3  # 3: optimizer state is {optimizer name: its state_dict}
@@ -65,7 +65,7 @@ def save_checkpoint(checkpoint_dir: Path, model, state: dict, manifest: dict) ->
     final = checkpoint_dir / f"step-{state['step']:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=checkpoint_dir))
     try:
-        model.save_files(tmp)
+        write_ours(model, tmp)
         torch.save(state, tmp / STATE_FILE)
         write_json(tmp / TRAIN_MANIFEST_FILE, manifest)
         for f in tmp.iterdir():

@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
+from model.config import EvaluateConfig
 from model.runtime import resolve_device
 from model.scoring import block_losses, check_compatible, folder_tokenizer, load_val_sets, spread_rows
 from pipeline.blocks import Blocks, load_blocks
-from pipeline.config import EvaluateConfig, load_params
+from pipeline.commands import stage_arguments
+from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.io import write_json
 from pipeline.paths import METRICS_DIR, MODEL_DIR, TRAIN_BLOCKS, VAL_BLOCKS
@@ -126,12 +129,12 @@ def evaluate(model_dir: str | Path, val_dir: str | Path, cfg: EvaluateConfig, tr
     """Score the model saved in `model_dir` on every source under `val_dir`; return the flat metrics.
 
     With `train_dir`, also the unigram baseline of that train data (`unigram_loss[_<source>]`)."""
-    from model.gpt import TOKENIZER_DIR, load_any
+    from model.folders import CONFIG_FILE, TOKENIZER_DIR, load_any
     from pipeline.tokenizer import load_tokenizer
 
     device = resolve_device(cfg.device)
     model_dir = Path(model_dir)
-    if not (model_dir / "model_config.json").is_file():
+    if not (model_dir / CONFIG_FILE).is_file():
         raise PipelineError(f"{model_dir}: no trained model (run `dvc repro train` first?)")
     model = load_any(model_dir, map_location=device).to(device)
     tokenizer = folder_tokenizer(model_dir)
@@ -149,7 +152,8 @@ def evaluate(model_dir: str | Path, val_dir: str | Path, cfg: EvaluateConfig, tr
 
 
 @cli
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    stage_arguments(__doc__, "model.evaluate", argv)
     params = load_params()
     metrics = evaluate(MODEL_DIR, VAL_BLOCKS, params.evaluate, TRAIN_BLOCKS)
     write_json(METRICS_FILE, metrics)

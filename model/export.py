@@ -2,9 +2,10 @@
 
     python -m model.export --checkpoint data/model --out export/
 
-GPT-2 and Llama-layout checkpoints alike. The folder holds model.safetensors and config.json (the
-model's `save_hf`), generation_config.json (bos/eos/pad ids), and the checkpoint's tokenizer as
-tokenizer.json + tokenizer_config.json, by the kind its spec.json names:
+GPT-2 and Llama-layout checkpoints alike. The folder holds model.safetensors and config.json
+(model/folders.py `write_hf`), generation_config.json (bos/eos/pad ids), the chat template as
+chat_template.jinja when the model has one (a model's own, or the one it was fine-tuned with), and
+the checkpoint's tokenizer as tokenizer.json + tokenizer_config.json, by the kind its spec.json names:
 - tiktoken (GPT-2's BPE, or a trained BPE kept as ranks): a byte-level BPE rebuilt from the ranks,
   with tiktoken's split pattern; it encodes text to the same ids as tiktoken;
 - hf (a trained BPE that only `tokenizers` encodes, or a model's own): its tokenizer.json, copied;
@@ -14,6 +15,9 @@ otherwise the end-of-text token is bos, eos and pad, as in our data. Unlike our 
 Face tokenizers read a literal `<|endoftext|>` in the text as that special token. A Qwen2-layout model
 (q/k/v biases) gets transformers' own Qwen2Tokenizer from AutoTokenizer, which splits text with
 Qwen's pattern whatever tokenizer.json says (`PreTrainedTokenizerFast.from_pretrained` reads it as is).
+
+`--out` is replaced whole, atomically; a folder holding files an export does not write is refused
+unless `--force`, so a mistyped path cannot wipe unrelated work.
 """
 
 from __future__ import annotations
@@ -24,20 +28,26 @@ import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
-from model.gpt import HF_CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE, load_any
+from model.folders import (
+    HF_CONFIG_FILE, TEMPLATE_FILE, TOKENIZER_DIR, WEIGHTS_FILE, load_any, read_config, write_hf,
+)
+from pipeline.commands import command_parser
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_dir, write_json
-from pipeline.tokenizer import CHARS_FILE, EOS_TEXT, HF_TOKENIZER_FILE, RANKS_FILE, SPEC_FILE
+from pipeline.tokenizer import (
+    CHARS_FILE, CHAT_TEMPLATE_FILE, EOS_TEXT, GENERATION_CONFIG_FILE, HF_TOKENIZER_FILE, RANKS_FILE, SPEC_FILE,
+    TOKENIZER_CONFIG_FILE,
+)
 
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-GENERATION_CONFIG_FILE = "generation_config.json"
 UNK_TEXT = "\ufffd"  # what our CharTokenizer decodes its unknown id to
+EXPORT_FILES = (WEIGHTS_FILE, HF_CONFIG_FILE, GENERATION_CONFIG_FILE, HF_TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, CHAT_TEMPLATE_FILE)
 
 
-def export(checkpoint: str | Path, out_dir: str | Path, vocab_dir: str | Path | None = None) -> None:
+def export(checkpoint: str | Path, out_dir: str | Path, vocab_dir: str | Path | None = None, force: bool = False) -> None:
     """Write `checkpoint` (ours or any folder `load_any` reads) as a Hugging Face folder `out_dir`,
     replaced whole, atomically. vocab_dir: the tokenizer folder (default: the checkpoint's `tokenizer/`)."""
-    checkpoint = Path(checkpoint)
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    check_out_dir(out_dir, force)
     vocab_dir = Path(vocab_dir) if vocab_dir is not None else checkpoint / TOKENIZER_DIR
     if not (vocab_dir / SPEC_FILE).is_file():
         raise PipelineError(f"{vocab_dir / SPEC_FILE}: not found (export needs the checkpoint's tokenizer; pass --vocab)")
@@ -48,9 +58,9 @@ def export(checkpoint: str | Path, out_dir: str | Path, vocab_dir: str | Path | 
             f"{vocab_dir / SPEC_FILE}: vocab_size {spec['vocab_size']} exceeds the model's {model.config.vocab_size}"
         )
     tokenizer = hf_tokenizer(vocab_dir, spec)
+    chat_template = export_chat_template(checkpoint, vocab_dir)
     with atomic_dir(out_dir) as tmp:
-        model.save_hf(tmp, eos_id=spec["eos_id"])  # replaces tmp, so before anything else goes in
-        shutil.copymode(tmp / HF_CONFIG_FILE, tmp / WEIGHTS_FILE)  # safetensors writes its file private (0600)
+        write_hf(model, tmp, eos_id=spec["eos_id"])
         if tokenizer is None:
             shutil.copyfile(vocab_dir / HF_TOKENIZER_FILE, tmp / HF_TOKENIZER_FILE)
         else:
@@ -60,7 +70,34 @@ def export(checkpoint: str | Path, out_dir: str | Path, vocab_dir: str | Path | 
         else:
             unk_text = None if tokenizer is None else tokenizer.model.unk_token
             write_json(tmp / TOKENIZER_CONFIG_FILE, tokenizer_config(spec, unk_text, model.config.block_size))
+        if chat_template is not None:
+            (tmp / CHAT_TEMPLATE_FILE).write_text(chat_template)
         write_json(tmp / GENERATION_CONFIG_FILE, generation_config(spec))
+
+
+def check_out_dir(out_dir: Path, force: bool) -> None:
+    """Refuse to replace a file, or a folder holding files an export does not write, unless `force`."""
+    if out_dir.is_file():
+        raise PipelineError(f"--out {out_dir}: is a file, not a folder")
+    if force or not out_dir.is_dir():
+        return
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in EXPORT_FILES)
+    if others:
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        raise PipelineError(f"--out {out_dir}: holds {others[0]}{more}, which an export does not write; "
+                            f"pass --force to replace the whole folder")
+
+
+def export_chat_template(checkpoint: Path, vocab_dir: Path) -> Optional[str]:
+    """The jinja chat template to export: the one the checkpoint was fine-tuned with (template
+    `model` in its template.json), else the tokenizer's own chat_template.jinja; None without one."""
+    if (checkpoint / TEMPLATE_FILE).is_file():
+        source = read_config(checkpoint / TEMPLATE_FILE).get("chat_template")
+        if isinstance(source, str) and source:
+            return source
+    if (vocab_dir / CHAT_TEMPLATE_FILE).is_file():
+        return (vocab_dir / CHAT_TEMPLATE_FILE).read_text()
+    return None
 
 
 def hf_tokenizer(vocab_dir: Path, spec: dict):
@@ -177,18 +214,19 @@ def generation_config(spec: dict) -> dict:
     }
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Export a checkpoint as a Hugging Face folder (weights, config, tokenizer).")
+def build_parser(prog: str = "python -m model.export") -> argparse.ArgumentParser:
+    p = command_parser(__doc__, prog)
     p.add_argument("--checkpoint", type=Path, default=Path("data/model"), help="checkpoint folder (ours or Hugging Face's)")
     p.add_argument("--out", type=Path, required=True, help="output folder (replaced whole)")
     p.add_argument("--vocab", type=Path, default=None, help="tokenizer folder (default: the checkpoint's tokenizer/)")
-    return p.parse_args(argv)
+    p.add_argument("--force", action="store_true", help="replace --out even if it holds files an export does not write")
+    return p
 
 
 @cli
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = parse_args(argv)
-    export(args.checkpoint, args.out, args.vocab)
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m model.export") -> None:
+    args = build_parser(prog).parse_args(argv)
+    export(args.checkpoint, args.out, args.vocab, args.force)
     print(f"exported {args.checkpoint} to {args.out}")
 
 

@@ -1,11 +1,8 @@
 """The `finetune` stage: instruction fine-tuning, with the loss on the response tokens only.
 
 `python -m model.finetune` reads the `finetune` params section and
-- `finetune.data` (default `data/instructions.jsonl`): records in a JSON list (`.json`) or one JSON
-  object per line (`.jsonl`): Alpaca records (a string `instruction`, an optional string `input`
-  and a string `output`) or conversations (`messages`: a list of `{"role": "system" | "user" |
-  "assistant", "content": str}` with at least one assistant turn). Other keys are ignored. A
-  malformed record stops the stage with a one-line error naming the file and the record;
+- `finetune.data` (default `data/instructions.jsonl`): instruction records or conversations
+  (model/records.py, which also turns them into examples and loss masks);
 - `finetune.init_from` (default `data/model`): this project's checkpoint folder (its tokenizer is
   in `tokenizer/`), a LoRA adapter folder, or a Hugging Face folder (the tokenizer then comes
   from `finetune.vocab`);
@@ -22,202 +19,39 @@ and writes
 - `metrics/finetune.json`: the response loss before and after, the train loss of each epoch and
   the number of trained parameters.
 
-The loss mask covers every assistant reply and the stop token that ends it (so the model learns to
-stop), never the prompts, the other turns or the padding. Records longer than the model's context
-are cut at the end (reported); one with no learned token left is skipped (reported). Training:
-AdamW (decay on 2-D weights), linear warmup then cosine decay over `epochs * steps_per_epoch`,
-gradient clipping, a seeded shuffle per epoch.
+Records longer than the model's context are cut at the end (reported); one with no learned token
+left is skipped (reported). Training: AdamW (decay on 2-D weights), linear warmup then cosine
+decay over `epochs * steps_per_epoch`, gradient clipping, a seeded shuffle per epoch; each step is
+the trainer's own (`model.optim.optimizer_step`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
+from model.config import FinetuneConfig
+from model.folders import TEMPLATE_FILE, TOKENIZER_DIR, load_any, tokenizer_folder, write_adapter, write_ours
+from model.lora import adapter_state, apply_lora, trainable_params
 from model.optim import adamw, check_finite, optimizer_step, warmup_cosine
+from model.records import Encoded, collate, encode_records, load_records
 from model.runtime import Dist, autocast_for, prepare, resolve_device
 from model.scoring import summed_loss
-from model.lora import apply_lora, save_adapter, trainable_params
-from model.templates import (
-    DEFAULT_TEMPLATE, PROMPT, STOP, TEMPLATE_FILE, Template, get_template, instruction_messages,
-    render_segments, stop_tokens,
-)
-from pipeline.config import FinetuneConfig, load_params
+from model.templates import Template, get_template
+from pipeline.commands import stage_arguments
+from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_dir, write_json
 from pipeline.paths import FINETUNED_DIR, METRICS_DIR
-from pipeline.tokenizer import SPEC_FILE, Tokenizer, load_tokenizer
+from pipeline.tokenizer import Tokenizer, load_tokenizer
 
 METRICS_FILE = METRICS_DIR / "finetune.json"
-FIELDS = ("instruction", "input", "output")
-ROLES = ("system", "user", "assistant")
-
-
-# ---- records ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Record:
-    """One example: an Alpaca record (instruction, optional input, output) or a conversation
-    (`messages`; instruction and output are then empty). `where` names it: 'file: line N' or 'file: record N'."""
-
-    instruction: str
-    output: str
-    input: Optional[str] = None
-    where: str = ""
-    messages: Optional[list[dict]] = None
-
-    def conversation(self) -> list[dict]:
-        """The record as messages (model/templates.py)."""
-        return self.messages if self.messages is not None else instruction_messages(self.instruction, self.input, self.output)
-
-
-def check_messages(messages: object, where: str) -> list[dict]:
-    """Validate a conversation: a list of {role, content} with at least one non-empty assistant turn."""
-    if not isinstance(messages, list) or not messages:
-        raise PipelineError(f"{where}: 'messages' must be a non-empty list of role/content objects")
-    for i, message in enumerate(messages, start=1):
-        if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
-            raise PipelineError(f"{where}: message {i} must have a 'role' ({', '.join(ROLES)}) and a string 'content'")
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
-        raise PipelineError(f"{where}: 'messages' has no assistant turn to learn from")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
-
-
-def check_record(raw: object, where: str) -> Record:
-    """Validate one parsed record; raise a one-line PipelineError naming it."""
-    if not isinstance(raw, dict):
-        raise PipelineError(f"{where}: a record must be a JSON object, got {type(raw).__name__}")
-    if "messages" in raw:
-        return Record(instruction="", output="", where=where, messages=check_messages(raw["messages"], where))
-    for name in ("instruction", "output"):
-        if name not in raw:
-            raise PipelineError(f"{where}: missing '{name}' (a record needs 'instruction' and 'output', 'input' is optional; or 'messages')")
-    for name in FIELDS:
-        value = raw.get(name)
-        if name == "input" and value is None:
-            continue
-        if not isinstance(value, str):
-            raise PipelineError(f"{where}: '{name}' must be a string, got {type(value).__name__} {json.dumps(value)[:40]}")
-    for name in ("instruction", "output"):
-        if not raw[name].strip():
-            raise PipelineError(f"{where}: '{name}' is empty")
-    return Record(instruction=raw["instruction"], output=raw["output"], input=raw.get("input"), where=where)
-
-
-def load_records(path: str | Path) -> list[Record]:
-    """Records of a `.json` file (a list of objects) or a `.jsonl` file (one object per line; blank lines skipped)."""
-    path = Path(path)
-    if path.suffix not in (".json", ".jsonl"):
-        raise PipelineError(f"{path}: instruction records must be a .json or .jsonl file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: not found") from None
-    except UnicodeDecodeError as exc:
-        raise PipelineError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    records = []
-    if path.suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {number}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PipelineError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            records.append(check_record(raw, where))
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PipelineError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-        if not isinstance(data, list):
-            raise PipelineError(f"{path}: a .json file of records must hold a list, got {type(data).__name__}")
-        records = [check_record(raw, f"{path}: record {i}") for i, raw in enumerate(data, start=1)]
-    if not records:
-        raise PipelineError(f"{path}: no records")
-    return records
-
-
-# ---- encoding and batches --------------------------------------------------------------------------
-
-
-def encode_segments(tokenizer: Tokenizer, segments: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of the rendered segments, and a same-length bool mask, True on response and stop tokens.
-
-    Each segment is encoded on its own; a stop becomes its token (or its text's tokens and EOS).
-    """
-    parts = [stop_tokens(tokenizer, text) if kind == STOP else tokenizer.encode(text) for text, kind in segments]
-    ids = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
-    mask = np.concatenate([np.full(len(p), kind != PROMPT) for p, (_, kind) in zip(parts, segments)])
-    return ids, mask
-
-
-def encode_example(
-    tokenizer: Tokenizer, record: Record, max_len: Optional[int] = None, template: Template = DEFAULT_TEMPLATE
-) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of the rendered record, and a same-length bool mask, True on the assistant replies
-    and their stop tokens.
-
-    Position i of the mask says whether token i is a target of the loss (it is predicted from the
-    tokens before it). max_len: keep only the first max_len tokens (the end goes first).
-    """
-    ids, mask = encode_segments(tokenizer, render_segments(record.conversation(), template))
-    if max_len is not None:
-        ids, mask = ids[:max_len], mask[:max_len]
-    return ids, mask
-
-
-@dataclass
-class Encoded:
-    """The records as training examples, and what encoding had to give up."""
-
-    examples: list[tuple[np.ndarray, np.ndarray]]
-    truncated: list[str] = field(default_factory=list)  # records cut at the context length
-    skipped: list[str] = field(default_factory=list)  # records with no learned token within the context
-    unknown_chars: set[str] = field(default_factory=set)  # characters the tokenizer maps to 'unknown'
-
-
-def encode_records(tokenizer: Tokenizer, records: Sequence[Record], max_len: int, template: Template = DEFAULT_TEMPLATE) -> Encoded:
-    """Encode every record, cutting those longer than max_len (the model's context + 1)."""
-    out = Encoded(examples=[])
-    unknown = getattr(tokenizer, "unknown_chars", None)
-    for record in records:
-        segments = render_segments(record.conversation(), template)
-        ids, mask = encode_segments(tokenizer, segments)
-        if unknown is not None:
-            out.unknown_chars |= unknown("".join(text for text, _ in segments))
-        if len(ids) > max_len:
-            ids, mask = ids[:max_len], mask[:max_len]
-            if not mask[1:].any():
-                out.skipped.append(record.where)
-                continue
-            out.truncated.append(record.where)
-        out.examples.append((ids, mask))
-    return out
-
-
-def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int) -> dict[str, torch.Tensor]:
-    """inputs, targets (B, T) and loss_mask (B, T), padded to the longest example with pad_id (never a target)."""
-    T = max(len(ids) for ids, _ in examples) - 1
-    inputs = np.full((len(examples), T), pad_id, dtype=np.int64)
-    targets = np.full((len(examples), T), pad_id, dtype=np.int64)
-    loss_mask = np.zeros((len(examples), T), dtype=bool)
-    for row, (ids, mask) in enumerate(examples):
-        n = len(ids) - 1
-        inputs[row, :n] = ids[:-1]
-        targets[row, :n] = ids[1:]
-        loss_mask[row, :n] = mask[1:]
-    return {"inputs": torch.from_numpy(inputs), "targets": torch.from_numpy(targets), "loss_mask": torch.from_numpy(loss_mask)}
 
 
 # ---- training ----------------------------------------------------------------------------------------
@@ -266,21 +100,8 @@ def train_examples(
     return epoch_losses
 
 
-def tokenizer_dir(init_from: Path, vocab: Path) -> Path:
-    """The checkpoint's own `tokenizer/` folder, else the `vocab` folder (Hugging Face checkpoints)."""
-    from model.gpt import TOKENIZER_DIR
-
-    if (init_from / TOKENIZER_DIR / SPEC_FILE).is_file():
-        return init_from / TOKENIZER_DIR
-    if not (vocab / SPEC_FILE).is_file():
-        raise PipelineError(f"{init_from} has no {TOKENIZER_DIR}/ folder and {vocab / SPEC_FILE} is missing (set finetune.vocab)")
-    return vocab
-
-
 def load_model(cfg: FinetuneConfig, init_from: Path, device: torch.device, print_fn: Callable) -> torch.nn.Module:
     """The model to fine-tune: `init_from` as it is, or with LoRA adapters on the target layers (the rest frozen)."""
-    from model.gpt import load_any
-
     model = load_any(init_from, map_location=device, dropout=cfg.dropout)
     total = trainable_params(model)
     if cfg.lora is None:
@@ -306,14 +127,12 @@ def report_encoding(encoded: Encoded, tokenizer: Tokenizer, block_size: int, pri
 
 def write_checkpoint(model, out_dir: Path, init_from: Path, tok_dir: Path, template: Template, lora: bool) -> None:
     """The output folder, atomically: the model (or, with LoRA, only the adapters), tokenizer/ and template.json."""
-    from model.gpt import TOKENIZER_DIR
-
     with atomic_dir(out_dir) as tmp:
         if lora:
-            save_adapter(model, tmp, base=init_from, final_folder=out_dir)
+            write_adapter(tmp, *adapter_state(model), base=init_from, final_folder=out_dir)
             shutil.copytree(tok_dir, tmp / TOKENIZER_DIR)
         else:
-            model.save_files(tmp, tok_dir)
+            write_ours(model, tmp, tok_dir)
         write_json(tmp / TEMPLATE_FILE, template.to_dict())
 
 
@@ -325,7 +144,7 @@ def finetune(cfg: FinetuneConfig, seed: int, out_dir: str | Path, print_fn: Call
         raise PipelineError(f"finetune.init_from: {init_from} is not a folder (train a model first, or point it at a Hugging Face GPT-2 folder)")
     if cfg.lora is not None and init_from.resolve() == out_dir.resolve():
         raise PipelineError(f"finetune.init_from: {init_from} is also the output folder, and LoRA adapters need their base kept")
-    tok_dir = tokenizer_dir(init_from, Path(cfg.vocab))
+    tok_dir = tokenizer_folder(init_from, Path(cfg.vocab), "set finetune.vocab")
     tokenizer = load_tokenizer(tok_dir)
     template = get_template(cfg.template, [init_from, tok_dir])
     device = resolve_device(cfg.device)
@@ -367,7 +186,8 @@ def finetune(cfg: FinetuneConfig, seed: int, out_dir: str | Path, print_fn: Call
 
 
 @cli
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    stage_arguments(__doc__, "model.finetune", argv)
     params = load_params()
     metrics = finetune(params.finetune, params.seed, FINETUNED_DIR)
     write_json(METRICS_FILE, metrics)

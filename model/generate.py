@@ -1,6 +1,6 @@
 """Sample text from a checkpoint.
 
-    python -m model.generate --checkpoint data/train/final --prompt "def main(" --max-new-tokens 200
+    tinygpt generate --checkpoint data/model --prompt "def main(" --max-new-tokens 200
 
 The checkpoint is a tinyGPT folder (model.safetensors + model_config.json, with the tokenizer in
 `tokenizer/`) or a Hugging Face GPT-2 folder, whose tokenizer comes from `--vocab`.
@@ -20,11 +20,13 @@ from typing import Optional, Sequence
 
 import torch
 
-from model.gpt import GPT, TOKENIZER_DIR, load_any
+from model.decoder import Decoder
+from model.folders import load_any, tokenizer_folder
 from model.runtime import resolve_device
 from model.templates import cut_at_stop, load_template, render_prompt, stop_ids
+from pipeline.commands import command_parser
 from pipeline.errors import PipelineError, cli
-from pipeline.tokenizer import SPEC_FILE, Tokenizer, load_tokenizer
+from pipeline.tokenizer import Tokenizer, load_tokenizer
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str, block_size: int) -> list[int]:
@@ -37,18 +39,21 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str, block_size: int) -> list[in
         if unknown:
             shown = ", ".join(repr(c) for c in sorted(unknown))
             raise PipelineError(f"prompt has characters the '{tokenizer.name}' vocabulary does not know: {shown}")
-    ids = [int(i) for i in tokenizer.encode(prompt)]
-    bos = getattr(tokenizer, "bos_id", None)
-    if bos is not None and ids[:1] != [bos]:
-        ids = [bos] + ids  # documents start with BOS in the token store, so prompts do too
-    ids = ids or [tokenizer.eos_id]
+    ids = with_bos(tokenizer, [int(i) for i in tokenizer.encode(prompt)]) or [tokenizer.eos_id]
     if len(ids) > block_size:
         raise PipelineError(f"prompt is {len(ids)} tokens, longer than the model's context of {block_size}")
     return ids
 
 
+def with_bos(tokenizer: Tokenizer, ids: list[int]) -> list[int]:
+    """`ids` after BOS when the tokenizer's documents start with one (the token store's do, so
+    prompts do too) and they do not already."""
+    bos = getattr(tokenizer, "bos_id", None)
+    return [bos] + ids if bos is not None and ids[:1] != [bos] else ids
+
+
 def sample_texts(
-    model: GPT,
+    model: Decoder,
     tokenizer: Tokenizer,
     prompts: Sequence[str],
     n: int,
@@ -86,17 +91,8 @@ def sample_texts(
     return texts
 
 
-def resolve_tokenizer(checkpoint: Path, vocab: Path) -> Tokenizer:
-    """The checkpoint's own `tokenizer/` folder, else the `--vocab` folder."""
-    if (checkpoint / TOKENIZER_DIR / SPEC_FILE).is_file():
-        return load_tokenizer(checkpoint / TOKENIZER_DIR)
-    if not (vocab / SPEC_FILE).is_file():
-        raise PipelineError(f"{checkpoint} has no {TOKENIZER_DIR}/ folder and {vocab / SPEC_FILE} is missing; pass --vocab DIR")
-    return load_tokenizer(vocab)
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m model.generate", description=__doc__.splitlines()[0])
+def build_parser(prog: str = "python -m model.generate") -> argparse.ArgumentParser:
+    p = command_parser(__doc__, prog)
     p.add_argument("--checkpoint", required=True, type=Path, help="tinyGPT checkpoint or Hugging Face GPT-2 folder")
     p.add_argument("--prompt", default="", help="text to continue (empty: start from EOS)")
     p.add_argument("--instruction", default=None, help="fine-tuned checkpoints (template.json): an instruction to answer")
@@ -109,12 +105,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--vocab", type=Path, default=Path("data/vocab"), help="tokenizer folder when the checkpoint has none")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    return p.parse_args(argv)
+    return p
 
 
 @cli
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m model.generate") -> None:
+    args = build_parser(prog).parse_args(argv)
     device = resolve_device(args.device)
     prompt, template = args.prompt, None
     if args.instruction is not None:
@@ -124,7 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         prompt = render_prompt(args.instruction, args.input, template)
     elif args.input is not None:
         raise PipelineError("--input needs --instruction")
-    tokenizer = resolve_tokenizer(args.checkpoint, args.vocab)
+    tokenizer = load_tokenizer(tokenizer_folder(args.checkpoint, args.vocab, "pass --vocab DIR"))
     model = load_any(args.checkpoint, map_location=device).eval()
     texts = sample_texts(
         model, tokenizer, [prompt], args.num_samples, args.max_new_tokens,

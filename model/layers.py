@@ -1,5 +1,5 @@
-"""Layers both networks share (model/gpt.py, model/llama.py): RMSNorm, rotary positions, the KV
-cache, and attention with document masking.
+"""Layers both networks share (model/gpt.py, model/llama.py): RMSNorm, rotary positions, and
+attention with document masking.
 
 Document masking keeps each packed document's attention inside itself. Two ways to build the mask:
 - dense: a (B, 1, T, T) boolean mask for `F.scaled_dot_product_attention`. It works everywhere but
@@ -60,68 +60,23 @@ def llama3_scale(inv_freq, factor, low_freq_factor, high_freq_factor, original_m
 
 
 def rope_cos_sin(pos: torch.Tensor, inv_freq: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of each position's angles, (B, 1, T, hs) for positions pos (B, T).
+    """cos and sin of each position's angles for positions pos, (T,) or (B, T): each (1, 1, T, hs)
+    or (B, 1, T, hs).
 
     HF's layout: dimension i and i + hs/2 form a pair (halves, not interleaved neighbours).
     """
-    angles = pos.float()[..., None] * inv_freq  # (B, T, hs/2), in float32
-    angles = torch.cat([angles, angles], dim=-1)  # (B, T, hs)
-    return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
-
-
-class RopeTable:
-    """cos and sin of positions 0..length-1, computed once per device and dtype (not buffers: a model
-    built on the meta device and loaded from a checkpoint gets them on first use)."""
-
-    def __init__(self, head_dim: int, theta: float, length: int, scaling: Optional[dict] = None):
-        self.head_dim, self.theta, self.length, self.scaling = head_dim, theta, length, scaling
-        self._tables: dict = {}
-
-    def __call__(self, pos: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin for positions pos ((T,) or (B, T)), each (B or 1, 1, T, hs); the same values as
-        `rope_cos_sin` on pos."""
-        key = (pos.device, dtype)
-        if key not in self._tables:
-            inv_freq = rope_frequencies(self.head_dim, self.theta, self.scaling, pos.device)
-            cos, sin = rope_cos_sin(torch.arange(self.length, device=pos.device)[None], inv_freq, dtype)
-            self._tables[key] = (cos[0, 0], sin[0, 0])  # (length, hs)
-        cos, sin = self._tables[key]
-        if pos.dim() == 1:
-            return cos[pos][None, None], sin[pos][None, None]  # (1, 1, T, hs)
-        return cos[pos][:, None], sin[pos][:, None]  # (B, 1, T, hs)
+    angles = pos.float()[..., None] * inv_freq  # (..., T, hs/2), in float32
+    angles = torch.cat([angles, angles], dim=-1)  # (..., T, hs)
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    if pos.dim() == 1:
+        return cos[None, None], sin[None, None]  # (1, 1, T, hs)
+    return cos[:, None], sin[:, None]  # (B, 1, T, hs)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate each (x_i, x_{i+hs/2}) pair of x (B, nh, T, hs) by its angle."""
     x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
-
-
-# ---- the KV cache --------------------------------------------------------------------------------
-
-
-class KVCache:
-    """Keys and values of the positions one attention layer has already seen.
-
-    Allocated on first use with the incoming keys' shape, dtype and device (so autocast works).
-    """
-
-    def __init__(self, max_len: int):
-        self.max_len = max_len
-        self.k: Optional[torch.Tensor] = None  # (B, nh, max_len, hs)
-        self.v: Optional[torch.Tensor] = None
-        self.pos = 0  # positions filled so far
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store new (B, nh, T, hs) keys/values; return all keys/values so far, (B, nh, pos, hs)."""
-        B, nh, T, hs = k.shape
-        if self.k is None:
-            self.k = k.new_zeros(B, nh, self.max_len, hs)
-            self.v = v.new_zeros(B, nh, self.max_len, hs)
-        self.k[:, :, self.pos : self.pos + T] = k
-        self.v[:, :, self.pos : self.pos + T] = v
-        self.pos += T
-        return self.k[:, :, : self.pos], self.v[:, :, : self.pos]
 
 
 # ---- document masking and attention --------------------------------------------------------------

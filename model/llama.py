@@ -6,36 +6,24 @@ only the kv heads), a SwiGLU MLP, no biases except Qwen2's q/k/v, tied or untied
 
 Parameter names are Hugging Face's (`model.embed_tokens`, `model.layers.N.self_attn.q_proj`,
 `model.layers.N.mlp.gate_proj`, `model.norm`, `lm_head`) and Linear weights are (out, in) on both
-sides, so HF checkpoints load as they are. `Llama` has GPT's interface (forward, generate,
-num_params, flops_per_token, save/load, save_hf/from_hf): both are `model.gpt.Decoder`s, which
-holds the loss, document masking, decoding loop and our checkpoint format (`"arch": "llama"` in
-model_config.json).
+sides, so HF checkpoints load as they are (model/folders.py reads and writes the folders). Like
+GPT, `Llama` is a `model.decoder.Decoder`: the loss, document masking and decoding loop are there.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import gpt
-from model.gpt import CONFIG_FILE, GPT, HF_CONFIG_FILE, WEIGHTS_FILE, Decoder, _read_hf_tensors
-from model.layers import KVCache, RMSNorm, apply_rope, attend, rope_cos_sin, rope_frequencies
+from model.decoder import Decoder, GrowingKVCache, KVCache, init_normal
+from model.layers import RMSNorm, apply_rope, attend, rope_cos_sin, rope_frequencies
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_dir, write_json
 
-ARCH = "llama"  # the "arch" entry of our model_config.json
-GENERATION_CONFIG_FILE = "generation_config.json"
-HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
-HF_MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "num_experts_per_tok", "moe_intermediate_size")
-HF_IGNORED = ("rotary_emb.inv_freq",)  # a buffer some older HF checkpoints saved; we compute it
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
@@ -80,7 +68,7 @@ class LlamaConfig:
         if not self.rope_theta > 0 or not self.rms_norm_eps > 0:
             raise PipelineError(f"model.rope_theta ({self.rope_theta}) and model.rms_norm_eps ({self.rms_norm_eps}) must be > 0")
         if self.rope_scaling is not None:
-            self.rope_scaling = _llama3_scaling(self.rope_scaling, "model.rope_scaling")
+            self.rope_scaling = check_llama3_scaling(self.rope_scaling, "model.rope_scaling")
         if not 0.0 <= self.dropout < 1.0:
             raise PipelineError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
@@ -96,109 +84,8 @@ class LlamaConfig:
             **model_cfg.shape(),
         )
 
-    @classmethod
-    def from_hf_config(cls, hf: dict, source: str) -> "LlamaConfig":
-        """Read a Llama/Qwen2/Mistral config.json dict; anything we do not implement is a one-line error."""
-        arch = (hf.get("architectures") or [HF_ARCHITECTURES.get(hf.get("model_type"), hf.get("model_type"))])[0]
-        if arch not in HF_ARCHITECTURES.values():
-            supported = ", ".join(HF_ARCHITECTURES.values())
-            raise PipelineError(f"{source}: architectures '{arch}' is not supported ({supported})")
-        for key in HF_MOE_KEYS:
-            if hf.get(key):
-                raise PipelineError(f"{source}: {key} is set: mixture-of-experts models are not supported")
-        if hf.get("hidden_act", "silu") != "silu":
-            raise PipelineError(f"{source}: hidden_act '{hf['hidden_act']}' is not supported (silu)")
-        for key in ("attention_bias", "mlp_bias"):
-            if hf.get(key):
-                raise PipelineError(f"{source}: {key} is not supported (the only biases are Qwen2's q/k/v)")
-        need = {key: _hf_key(hf, key, source) for key in ("vocab_size", "hidden_size", "intermediate_size",
-                                                          "num_hidden_layers", "num_attention_heads")}
-        rope_theta, rope_scaling = _hf_rope(hf, source)
-        try:
-            return cls(
-                vocab_size=need["vocab_size"],
-                block_size=_hf_block_size(hf, source),
-                n_layer=need["num_hidden_layers"],
-                n_head=need["num_attention_heads"],
-                n_kv_head=hf.get("num_key_value_heads") or need["num_attention_heads"],
-                n_embd=need["hidden_size"],
-                intermediate_size=need["intermediate_size"],
-                head_dim=hf.get("head_dim"),
-                rope_theta=rope_theta,
-                rope_scaling=rope_scaling,
-                rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-                tie_weights=bool(hf.get("tie_word_embeddings", False)),
-                qkv_bias=arch == HF_ARCHITECTURES["qwen2"],
-                dropout=hf.get("attention_dropout", 0.0),
-                bos_id=_first(hf.get("bos_token_id")),
-                eos_id=_first(hf.get("eos_token_id")),
-            )
-        except PipelineError as exc:
-            raise PipelineError(f"{source}: {exc}") from None
 
-    def to_hf_config(self) -> dict:
-        """A config.json dict that transformers loads as LlamaForCausalLM (Qwen2ForCausalLM with qkv_bias).
-
-        Rope settings are written in both spellings: transformers 5's `rope_parameters`, and
-        `rope_theta` + `rope_scaling` for older readers.
-        """
-        model_type = "qwen2" if self.qkv_bias else "llama"
-        scaling = {"rope_type": "llama3", **self.rope_scaling} if self.rope_scaling else None
-        hf = {
-            "architectures": [HF_ARCHITECTURES[model_type]],
-            "model_type": model_type,
-            "vocab_size": self.vocab_size,
-            "max_position_embeddings": self.block_size,
-            "hidden_size": self.n_embd,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.n_layer,
-            "num_attention_heads": self.n_head,
-            "num_key_value_heads": self.n_kv_head,
-            "head_dim": self.head_dim,
-            "hidden_act": "silu",
-            "rms_norm_eps": self.rms_norm_eps,
-            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta, **(scaling or {})},
-            "rope_theta": self.rope_theta,
-            "rope_scaling": scaling,
-            "attention_dropout": self.dropout,
-            "tie_word_embeddings": self.tie_weights,
-            "bos_token_id": self.bos_id,
-            "eos_token_id": self.eos_id,
-            "initializer_range": 0.02,
-            "use_cache": True,
-        }
-        if self.qkv_bias:
-            hf.update(use_sliding_window=False, sliding_window=None)
-        else:
-            hf.update(attention_bias=False, mlp_bias=False)
-        return hf
-
-
-def _first(token_id):
-    """A token id, or the first of a list of them (Llama 3.1 lists several EOS ids)."""
-    return token_id[0] if isinstance(token_id, list) and token_id else token_id
-
-
-def _hf_key(hf: dict, key: str, source: str):
-    if key not in hf:
-        raise PipelineError(f"{source}: '{key}' is missing")
-    return hf[key]
-
-
-def _hf_rope(hf: dict, source: str) -> tuple[float, Optional[dict]]:
-    """rope_theta and our rope_scaling from `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling`."""
-    key = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
-    rope = hf.get(key) or {}
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    theta = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
-    if kind == "default":
-        return theta, None
-    if kind != "llama3":
-        raise PipelineError(f"{source}: {key} rope_type '{kind}' is not supported (default, llama3)")
-    return theta, _llama3_scaling(rope, f"{source}: {key}")
-
-
-def _llama3_scaling(rope: dict, where: str) -> dict:
+def check_llama3_scaling(rope: dict, where: str) -> dict:
     """The LLAMA3_KEYS of `rope`, checked."""
     missing = [key for key in LLAMA3_KEYS if key not in rope]
     if missing:
@@ -212,31 +99,7 @@ def _llama3_scaling(rope: dict, where: str) -> dict:
     return scaling
 
 
-def _hf_block_size(hf: dict, source: str) -> int:
-    """max_position_embeddings, or the sliding window where one is active and shorter: up to the
-    window's length, sliding-window attention is plain causal attention (Mistral 7B v0.1)."""
-    block = _hf_key(hf, "max_position_embeddings", source)
-    window = hf.get("sliding_window")
-    active = hf.get("use_sliding_window", True) and "sliding_attention" in hf.get("layer_types", ["sliding_attention"])
-    return min(block, window) if active and window else block
-
-
 # ---- layers --------------------------------------------------------------------------------------
-
-
-class GrowingKVCache(KVCache):
-    """A KVCache that grows as it fills (doubling, up to max_len) instead of reserving max_len at once:
-    HF models declare contexts of up to 131072 positions, far more than a generation uses."""
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B, nkv, T, hs = k.shape
-        if self.k is None:
-            self.k, self.v = k.new_zeros(B, nkv, 0, hs), v.new_zeros(B, nkv, 0, hs)
-        if self.pos + T > self.k.size(2):
-            grow = min(self.max_len, max(self.pos + T, 2 * self.k.size(2))) - self.k.size(2)
-            self.k = F.pad(self.k, (0, 0, 0, grow))  # (B, nkv, size, hs)
-            self.v = F.pad(self.v, (0, 0, 0, grow))
-        return super().append(k, v)
 
 
 class Attention(nn.Module):
@@ -303,7 +166,7 @@ class Llama(Decoder):
     """Llama-layout language model; the loss, generation and checkpoint files are Decoder's (model/gpt.py)."""
 
     CONFIG = LlamaConfig
-    ARCH = ARCH  # "llama"
+    ARCH = "llama"
     EMBEDDING = "model.embed_tokens.weight"
 
     def __init__(self, config: LlamaConfig):
@@ -319,18 +182,24 @@ class Llama(Decoder):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.apply(GPT._init_weights)
+        self.register_buffer("inv_freq", self._frequencies(None), persistent=False)  # rotation speeds, computed once
+        self.apply(init_normal)
         residual_std = 0.02 / math.sqrt(2 * config.n_layer)
         for name, p in self.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight")):  # projections back into the residual stream
                 nn.init.normal_(p, mean=0.0, std=residual_std)
 
+    def _frequencies(self, device) -> torch.Tensor:
+        c = self.config
+        return rope_frequencies(c.head_dim, c.rope_theta, c.rope_scaling, device)  # (hs/2,)
+
+    def fresh_buffers(self, device) -> dict[str, torch.Tensor]:
+        return {"inv_freq": self._frequencies(device)}
+
     def _hidden(self, idx, pos, attn_mask=None, is_causal=True, caches=None) -> torch.Tensor:
         """Final (normed) hidden states (B, T, C) for tokens idx (B, T) at positions pos ((T,) or (B, T))."""
         x = self.model.embed_tokens(idx)  # (B, T, C)
-        c = self.config
-        inv_freq = rope_frequencies(c.head_dim, c.rope_theta, c.rope_scaling, idx.device)  # (hs/2,)
-        cos, sin = rope_cos_sin(pos.expand(idx.shape), inv_freq, x.dtype)  # (B, 1, T, hs)
+        cos, sin = rope_cos_sin(pos, self.inv_freq, x.dtype)  # (B or 1, 1, T, hs)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, attn_mask, is_causal, None if caches is None else caches[i])
         return self.model.norm(x)
@@ -352,51 +221,3 @@ class Llama(Decoder):
         """Training FLOPs per token, 6N + 12·n_layer·(n_head·head_dim)·T (PaLM appendix B)."""
         T = seq_len or self.config.block_size
         return 6 * self.num_params() + 12 * self.config.n_layer * self.config.n_head * self.config.head_dim * T
-
-    # ---- checkpoints ---------------------------------------------------------------------------
-
-    def save_hf(self, path: str | Path, eos_id: Optional[int] = None) -> None:
-        """Write a Hugging Face folder (config.json, model.safetensors, generation_config.json) atomically.
-
-        eos_id: written as eos_token_id instead of the config's.
-        """
-        from safetensors.torch import save_file
-
-        hf = self.config.to_hf_config()
-        if eos_id is not None:
-            hf["eos_token_id"] = eos_id
-        with atomic_dir(path) as tmp:
-            save_file(self._tensors(), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-            write_json(tmp / HF_CONFIG_FILE, hf)
-            write_json(tmp / GENERATION_CONFIG_FILE, {key: hf[key] for key in ("bos_token_id", "eos_token_id")})
-
-    @classmethod
-    def from_hf(cls, path: str | Path, map_location="cpu", dropout: Optional[float] = None) -> "Llama":
-        """Load a local Hugging Face Llama/Qwen2/Mistral folder (safetensors, single or sharded).
-        dropout: override HF's attention_dropout."""
-        path = Path(path)
-        if not (path / HF_CONFIG_FILE).is_file():
-            raise PipelineError(f"{path / HF_CONFIG_FILE}: not found (not a Hugging Face model folder)")
-        config = LlamaConfig.from_hf_config(json.loads((path / HF_CONFIG_FILE).read_text()), str(path / HF_CONFIG_FILE))
-        if dropout is not None:
-            config = dataclasses.replace(config, dropout=dropout)
-        tensors, weights = _read_hf_tensors(path)
-        tensors = {name: t for name, t in tensors.items() if not name.endswith(HF_IGNORED)}
-        return cls._from_tensors(config, tensors, weights, map_location)
-
-
-def load_any(path: str | Path, map_location="cpu", dropout: Optional[float] = None) -> GPT | Llama:
-    """Load any model folder: ours of either architecture, Hugging Face's (GPT-2 or Llama layout), or
-    a LoRA adapter folder (adapter_config.json: its base model with the adapters merged in)."""
-    from model.lora import ADAPTER_CONFIG_FILE, load_adapter
-
-    path = Path(path)
-    if (path / ADAPTER_CONFIG_FILE).is_file():
-        return load_adapter(path, map_location, dropout)
-    if (path / CONFIG_FILE).is_file():
-        is_llama = json.loads((path / CONFIG_FILE).read_text()).get("arch") == ARCH
-        return (Llama if is_llama else GPT).load(path, map_location, dropout)
-    if (path / HF_CONFIG_FILE).is_file():
-        if json.loads((path / HF_CONFIG_FILE).read_text()).get("model_type", "gpt2") != "gpt2":
-            return Llama.from_hf(path, map_location, dropout)
-    return gpt.load_gpt2(path, map_location, dropout)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Optional, Sequence
 
+from model.config import SampleConfig
 from model.runtime import resolve_device
-from pipeline.config import SampleConfig, load_params
+from pipeline.commands import stage_arguments
+from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_file
 from pipeline.paths import MODEL_DIR, SAMPLES_FILE
@@ -19,18 +22,18 @@ from pipeline.paths import MODEL_DIR, SAMPLES_FILE
 
 def generate_samples(model_dir: str | Path, cfg: SampleConfig, seed: int) -> list[tuple[str, list[str]]]:
     """For each prompt, `cfg.num_samples` generated texts."""
+    from model.folders import CONFIG_FILE, TOKENIZER_DIR, load_any
     from model.generate import sample_texts
-    from model.gpt import load_any
     from pipeline.tokenizer import load_tokenizer
 
     model_dir = Path(model_dir)
-    if not (model_dir / "model_config.json").is_file():
+    if not (model_dir / CONFIG_FILE).is_file():
         raise PipelineError(f"{model_dir}: no trained model (run `dvc repro train` first?)")
     if cfg.num_samples < 1 or cfg.max_new_tokens < 0 or not cfg.prompts:
         raise PipelineError("sample: need at least one prompt, num_samples >= 1 and max_new_tokens >= 0")
     device = resolve_device(cfg.device)
     model = load_any(model_dir, map_location=device).to(device)
-    tokenizer = load_tokenizer(model_dir / "tokenizer")
+    tokenizer = load_tokenizer(model_dir / TOKENIZER_DIR)
     texts = sample_texts(
         model, tokenizer, cfg.prompts, cfg.num_samples, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, seed
     )
@@ -72,7 +75,8 @@ def sample(model_dir: str | Path, out_path: str | Path, cfg: SampleConfig, seed:
 
 
 @cli
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    stage_arguments(__doc__, "model.sample", argv)
     params = load_params()
     samples = sample(MODEL_DIR, SAMPLES_FILE, params.sample, params.seed)
     print(f"sample: {sum(len(t) for _, t in samples)} samples -> {SAMPLES_FILE}")

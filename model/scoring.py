@@ -10,11 +10,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.folders import TRAIN_MANIFEST_FILE
 from model.runtime import autocast_for
 from pipeline.blocks import Blocks, load_blocks
 from pipeline.errors import PipelineError
 from pipeline.io import read_json
-from pipeline.paths import TRAIN_MANIFEST_FILE
 from pipeline.tokenizer import HF_TOKENIZER_FILE, hf_tokenizer_name
 
 

@@ -7,7 +7,8 @@ an Alpaca record is one user message (its `instruction`, with the optional `inpu
 
 Built-in templates (`TEMPLATES`) are format strings, `{content}` and `{input}` marking where text
 goes: `tinygpt-instruct-v1` (the default), `alpaca`, `llama2`, `llama3`, `chatml`. Template `model`
-is a model folder's own jinja `chat_template` (tokenizer_config.json), rendered in jinja2's sandbox.
+is a model folder's own jinja chat template (`chat_template.jinja`, or `chat_template` in
+tokenizer_config.json), rendered in jinja2's sandbox.
 
 A fine-tuned checkpoint stores its template as `template.json`, so `model.generate --instruction`
 renders prompts exactly as fine-tuning did and stops where responses were taught to end.
@@ -24,11 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from model.folders import TEMPLATE_FILE
 from pipeline.errors import PipelineError
+from pipeline.tokenizer import CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG_FILE
 
-TEMPLATE_FILE = "template.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"  # Hugging Face: bos/eos tokens and the chat_template
-CHAT_TEMPLATE_FILE = "chat_template.jinja"  # newer Hugging Face folders keep the chat template here
 PROMPT, RESPONSE, STOP = "prompt", "response", "stop"  # segment kinds; RESPONSE and STOP are learned
 FIXED_DATE = datetime.datetime(2024, 7, 26)  # what `strftime_now` shows: renders do not change with the day
 
@@ -140,6 +140,20 @@ def generation_prompt(messages: Sequence[dict], template: Template) -> str:
     if template.chat_template:
         return render_jinja(template, plain_messages(messages), add_generation_prompt=True)
     return "".join(text for text, _ in format_segments(messages, template)) + template.assistant
+
+
+def prompt_segments(messages: Sequence[dict], template: Template) -> list[Segment]:
+    """The segments of a conversation that ends with a user turn, up to the opening of the reply:
+    what a multi-turn chat feeds the model, with the earlier replies and their stops as in training."""
+    if not template.chat_template:
+        return format_segments(messages, template) + [(template.assistant, PROMPT)]
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+    segments = jinja_segments(messages[: last + 1], template) if last >= 0 else []
+    done = render_jinja(template, plain_messages(messages[: last + 1]), add_generation_prompt=False) if last >= 0 else ""
+    prompt = render_jinja(template, plain_messages(messages), add_generation_prompt=True)
+    if not prompt.startswith(done):
+        raise PipelineError(f"{template.source or 'chat_template'}: the rendering of the last user turn does not extend the turns before it")
+    return segments + [(prompt[len(done) :], PROMPT)]
 
 
 def cut_at_stop(text: str, template: Template) -> str:
@@ -275,8 +289,8 @@ def model_template(folders: Sequence[Path]) -> Template:
         compile_checked(source, str(where))
         return Template(name=MODEL, chat_template=source, bos_token=_token_text(config.get("bos_token")),
                         eos_token=eos, stop=eos or None, source=str(where))
-    names = " or ".join(str(f / TOKENIZER_CONFIG_FILE) for f in folders)
-    raise PipelineError(f"finetune.template: 'model' needs a chat_template in {names}")
+    names = " or ".join(f"{f / TOKENIZER_CONFIG_FILE} ('chat_template') or {f / CHAT_TEMPLATE_FILE}" for f in folders)
+    raise PipelineError(f"finetune.template: 'model' needs a chat template in {names}")
 
 
 def compile_checked(source: str, where: str) -> None:

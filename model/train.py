@@ -25,31 +25,34 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from model.checkpoint import STATE_FORMAT, fingerprint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from model.metrics import Tracker, manifest_hashes, mixture_tags, run_config
+from model.config import ModelConfig, TrainConfig
+from model.folders import TRAIN_MANIFEST_FILE, read_ours, write_ours
 from model.layers import resolve_doc_mask_kernel
+from model.metrics import Tracker, manifest_hashes, mixture_tags, run_config
 from model.optim import Optimizers, adamw, check_finite, muon, optimizer_step, warmup_cosine
 from model.runtime import (
     Dist, all_reduce_sum, autocast_for, gather, init_distributed, peak_flops, prepare, set_threads, shutdown,
 )
-from model.stream import BlockOrder, Position, Prefetcher
 from model.scoring import block_losses, check_compatible, folder_tokenizer, load_val_sets, spread_rows, tokenizer_name
+from model.stream import BlockOrder, Position, Prefetcher
 from pipeline.blocks import Blocks, load_blocks
-from pipeline.config import ModelConfig, TrainConfig, load_params
+from pipeline.commands import stage_arguments
+from pipeline.config import load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_dir, write_json
 from pipeline.paths import (
-    CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, MODEL_DIR, TRAIN_BLOCKS, TRAIN_MANIFEST_FILE, VAL_BLOCKS, VOCAB_DIR, WANDB_DIR,
+    CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, MODEL_DIR, TRAIN_BLOCKS, VAL_BLOCKS, VOCAB_DIR, WANDB_DIR,
 )
 
 # train.* keys that do not change the trajectory: a checkpoint stays resumable when only these change
 OPERATIONAL_KEYS = ("device", "threads", "compile", "doc_mask_kernel", "log_interval", "eval_interval", "eval_blocks",
                     "checkpoint_interval", "peak_flops")
-TRAJECTORY_CODE = ("model/train.py", "model/optim.py", "model/stream.py", "model/gpt.py", "model/llama.py", "model/layers.py",
+TRAJECTORY_CODE = ("model/train.py", "model/optim.py", "model/stream.py", "model/decoder.py", "model/gpt.py", "model/llama.py", "model/layers.py",
                    "pipeline/blocks.py", "pipeline/store.py", "pipeline/arrays.py")
 
 
@@ -108,16 +111,17 @@ def load_data(train_dir: Path, val_dir: Path, vocab_dir: Optional[Path]) -> Trai
 
 def build_model(seed: int, model_cfg: ModelConfig, cfg: TrainConfig, manifest: dict, train_dir: Path):
     """A fresh model shaped by `model` params and the data, or `init_from`; checked against the data."""
-    from model.gpt import GPT, GPTConfig, load_any
+    from model.folders import load_any
+    from model.gpt import GPT, GPTConfig
     from model.llama import Llama, LlamaConfig
 
     torch.manual_seed(seed)
-    if cfg.init_from is None:
+    if cfg.start_folder is None:
         model_class, config_class = (Llama, LlamaConfig) if model_cfg.arch == "llama" else (GPT, GPTConfig)
         model = model_class(config_class.from_params(model_cfg, int(manifest["vocab_size"]), int(manifest["context_length"])))
         label, tokenizer = "the model", None
     else:
-        source = Path(cfg.init_from)
+        source = Path(cfg.start_folder)
         if not source.is_dir():
             raise PipelineError(f"train.init_from: {source} is not a folder")
         model = load_any(source, dropout=model_cfg.dropout)
@@ -132,7 +136,7 @@ def run_fingerprint(seed: int, model_cfg: ModelConfig, cfg: TrainConfig, data_ha
     train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPERATIONAL_KEYS}
     root = Path(__file__).resolve().parent.parent
     parts = {"seed": seed, "model": dataclasses.asdict(model_cfg), "train": train, "data": data_hashes, "world": world}
-    return fingerprint(parts, [root / f for f in TRAJECTORY_CODE], cfg.init_from)
+    return fingerprint(parts, [root / f for f in TRAJECTORY_CODE], cfg.start_folder)
 
 
 class Throughput:
@@ -219,7 +223,7 @@ class Run:
         if found is None:
             return
         path, state = found
-        self.model.load_state_dict(type(self.model).load(path, map_location=self.device).state_dict())
+        self.model.load_state_dict(read_ours(path, map_location=self.device).state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         rngs = state["rng"]
         set_rng_state(rngs[self.d.rank] if self.d.rank < len(rngs) else rngs[0], self.device)
@@ -396,7 +400,7 @@ def _train(d, device, seed, model_cfg, cfg, tracker, *, train_dir, val_dir, out_
             run.stream.close()
     if d.main:
         with atomic_dir(out_dir) as tmp:
-            model.save_files(tmp, vocab_dir)
+            write_ours(model, tmp, vocab_dir)
             write_json(tmp / TRAIN_MANIFEST_FILE, data.manifest)
     summary = run.summary()
     tracker.finish(summary, run.meter.timing(d.world))
@@ -408,7 +412,8 @@ def _finite(value: float) -> Optional[float]:
 
 
 @cli
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    stage_arguments(__doc__, "model.train", argv)
     params = load_params()
     folders = {"train": TRAIN_BLOCKS}
     if VAL_BLOCKS.is_dir():

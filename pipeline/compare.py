@@ -26,8 +26,10 @@ import statistics
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional, Sequence
 
 
+from pipeline.commands import command_parser
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_file
 from pipeline.paths import METRICS_DIR, REPORTS_DIR
@@ -340,15 +342,19 @@ def compare(rows: list, out_dir: Path, x_source: str | None = None, include_work
     return settings
 
 
-@cli
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(prog: str = "python -m pipeline.compare") -> argparse.ArgumentParser:
+    parser = command_parser(__doc__, prog)
     parser.add_argument("--out", type=Path, default=REPORTS_DIR, help="folder for compare.md/.csv/.png")
     parser.add_argument("--x", help="source whose share is the plot's x axis (default: the first source)")
     parser.add_argument("--workspace", action="store_true", help="also list the uncommitted workspace")
     parser.add_argument("--rev", action="append", help="baseline commit whose experiments to compare (default HEAD; repeatable)")
     parser.add_argument("--baseline", help="the setting every other one is compared with (default: the first listed)")
-    args = parser.parse_args()
+    return parser
+
+
+@cli
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m pipeline.compare") -> None:
+    args = build_parser(prog).parse_args(argv)
     settings = compare(dvc_experiments(revs=args.rev), args.out, args.x, args.workspace, args.baseline)
     print((args.out / "compare.md").read_text(), end="")
     runs = sum(len(g.runs) for g in settings)

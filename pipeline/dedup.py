@@ -25,13 +25,14 @@ import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from pipeline.commands import stage_arguments
 from pipeline.config import DedupConfig, NearDedupConfig, load_params
 from pipeline.errors import cli
-from pipeline.io import atomic_dir, atomic_file, sha256_file, write_json
+from pipeline.io import atomic_dir, atomic_file, remove_dropped_sources, sha256_file, temp_prefix, write_json
 from pipeline.parallel import ordered_parallel_map
 from pipeline.paths import DEDUP_DIR, DEDUP_METRICS, DEDUP_REPORT, KEEP_FILE, MANIFEST_FILE, SPLIT_HASHES_FILE, TOKENS_DIR, VOCAB_DIR
 from pipeline.store import TokenStore
@@ -226,7 +227,8 @@ def _near_roots(corpus: Corpus, docs: np.ndarray, cfg: NearDedupConfig, vocab_di
 def dedup(corpus: Corpus, cfg: DedupConfig, vocab_dir: Path, out_dir: Path, workers: int) -> tuple[dict, str]:
     """Write `keep.npy` and `split_hashes.npy` per source into `out_dir`; return the metrics and the report."""
     tokenizer = load_tokenizer(vocab_dir)
-    with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent) as scratch:
+    # the scratch folder is named as a temp of `out_dir`, so the next run removes it if this one is killed
+    with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(prefix=temp_prefix(out_dir), dir=tmp.parent) as scratch:
         exact_first, final_first = group_documents(corpus, cfg, vocab_dir, workers, Path(scratch))
         doc = np.arange(len(corpus))
         if cfg.near.enabled and cfg.near.remove:
@@ -292,9 +294,11 @@ def report(corpus: Corpus, tokenizer: Tokenizer, cfg: DedupConfig, final_first: 
 
 
 @cli
-def main(workers: Optional[int] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None, workers: Optional[int] = None) -> None:
+    stage_arguments(__doc__, "pipeline.dedup", argv)
     params = load_params()
     names = list(params.sources)
+    remove_dropped_sources(TOKENS_DIR, names, "dedup")
     corpus = Corpus(names, [TokenStore(TOKENS_DIR / n) for n in names])
     metrics, text = dedup(corpus, params.dedup, VOCAB_DIR, DEDUP_DIR, workers or os.cpu_count() or 1)
     write_json(DEDUP_METRICS, metrics)

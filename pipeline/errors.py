@@ -16,7 +16,8 @@ class ConfigError(PipelineError):
 
 
 def cli(main: Callable[..., None]) -> Callable[..., None]:
-    """Run a stage's `main()`, printing `error: ...` and exiting 1 on a PipelineError."""
+    """Run a command's `main()`, printing `error: ...` and exiting 1 on a PipelineError, and on a
+    missing input file (a stage run before the stage that writes its input, say)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -24,6 +25,9 @@ def cli(main: Callable[..., None]) -> Callable[..., None]:
             return main(*args, **kwargs)
         except PipelineError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
+        except FileNotFoundError as exc:
+            print(f"error: {exc.filename or exc}: not found (run the stages before this one first: `dvc repro`)", file=sys.stderr)
             sys.exit(1)
 
     return wrapper

@@ -20,12 +20,14 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 
+from pipeline.commands import stage_arguments
 from pipeline.config import MixConfig, load_params
 from pipeline.errors import PipelineError, cli
-from pipeline.io import atomic_dir, sha256_file, write_json
+from pipeline.io import atomic_dir, remove_dropped_sources, sha256_file, write_json
 from pipeline.paths import MANIFEST_FILE, METRICS_DIR, MIX_DIR, SPLIT_DIR, TOKENS_DIR
 from pipeline.store import TokenStore
 
@@ -143,8 +145,10 @@ def train_documents(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 @cli
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    stage_arguments(__doc__, "pipeline.mix", argv)
     params = load_params()
+    remove_dropped_sources(SPLIT_DIR, params.sources, "mix")
     cfg = params.mix
     names = sorted(name for name, w in cfg.weights.items() if w > 0)
     docs, lengths = {}, {}

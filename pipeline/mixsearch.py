@@ -44,12 +44,13 @@ import yaml
 
 from pipeline.compare import Run, dvc_experiments, parse_runs
 from pipeline.config import PARAMS_FILE, Params, load_params
+from pipeline.commands import command_parser
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_file, read_json, write_json
 from pipeline.mixlaws import LawFit, Predictor, choose_law, noise_covariance, refits, seed_noise
 from pipeline.mixplots import plot_fit, plot_surface
 from pipeline.paths import METRICS_DIR, REPORTS_DIR
-from pipeline.replicate import flatten, queue_command
+from pipeline.replicate import exp_command, params_keys
 from pipeline.stats import t975
 
 PREFIX = "mixsearch"
@@ -498,12 +499,10 @@ def queue(runs: list[tuple[str, dict]], dry_run: bool) -> int:
     """Queue each (name, changes) as `dvc exp run --queue ... evaluate` unless an experiment has the
     name already; return how many were queued."""
     known = set() if dry_run else _experiment_names()
-    present = set(flatten(yaml.safe_load(Path(PARAMS_FILE).read_text()) or {})) if Path(PARAMS_FILE).is_file() else set()
+    present = params_keys()
     queued = 0
     for name, changes in runs:
-        # `-S +key=value` adds a key params.yaml lacks (Hydra's override grammar, which dvc uses)
-        changes = {(k if k in present else f"+{k}"): v for k, v in changes.items()}
-        command = queue_command(name, changes) + ["evaluate"]
+        command = exp_command(name, changes, present=present) + ["evaluate"]
         if name in known:
             continue
         print(" ".join(command))
@@ -520,9 +519,8 @@ def _experiment_names() -> set[str]:
     return {exp.get("name") for row in dvc_experiments() for exp in row.get("experiments") or []}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.mixsearch", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[2:]))
+def build_parser(prog: str = "python -m pipeline.mixsearch") -> argparse.ArgumentParser:
+    parser = command_parser(__doc__, prog)
     sub = parser.add_subparsers(dest="command", required=True)
     plan = sub.add_parser("plan", help="queue proxy experiments over sampled mixtures")
     plan.add_argument("--runs", type=int, default=16, help="sampled mixtures (default 16), besides the anchors")
@@ -545,8 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @cli
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = build_parser().parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m pipeline.mixsearch") -> None:
+    args = build_parser(prog).parse_args(argv)
     if args.command == "plan":
         return _plan(args)
     if args.command == "verify":

@@ -21,11 +21,13 @@ import os
 from bisect import bisect_left, insort
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 
 from pipeline.arrays import rank_within
 from pipeline.blocks import write_index
+from pipeline.commands import stage_arguments
 from pipeline.config import PackConfig, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_dir, read_json, sha256_file, write_json
@@ -195,7 +197,8 @@ def val_documents(name: str) -> tuple[Documents, dict]:
 
 
 @cli
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    stage_arguments(__doc__, "pipeline.pack", argv)
     params = load_params()
     cfg = params.pack
     tokenizer = tokenizer_info(VOCAB_DIR)

@@ -36,4 +36,7 @@ DEDUP_METRICS = METRICS_DIR / "dedup.json"
 DEDUP_REPORT = REPORTS_DIR / "dedup.md"
 
 MANIFEST_FILE = "manifest.json"  # every data output folder has one
-TRAIN_MANIFEST_FILE = "train_manifest.json"  # the train data's manifest, saved beside a trained model
+
+# A path param is a DVC dep of the stages that read it (tokenizer.path, train.init_from), so it must
+# name an existing path even when unused: this file of the repository stands for "no folder".
+NO_FOLDER = "models/README.md"

@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import subprocess
 from pathlib import Path
+from typing import Optional, Sequence
 
 import yaml
 
 from pipeline.compare import dvc_experiments, parse_runs
+from pipeline.commands import command_parser
 from pipeline.config import PARAMS_FILE
 from pipeline.errors import PipelineError, cli
 
@@ -72,11 +74,20 @@ def override_value(value, key: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
 
 
-def queue_command(name: str, changes: dict) -> list[str]:
-    command = ["dvc", "exp", "run", "--queue", "-n", name]
+def exp_command(name: str, changes: dict, queue: bool = True, present: Optional[set[str]] = None) -> list[str]:
+    """`dvc exp run [--queue] -n NAME -S key=value ...`; a key params.yaml lacks (not in `present`, the
+    flattened keys it has) is added with Hydra's `+key=value`, which dvc's -S grammar needs for new keys."""
+    command = ["dvc", "exp", "run"] + (["--queue"] if queue else []) + ["-n", name]
     for key, value in changes.items():
-        command += ["-S", f"{key}={override_value(value, key)}"]
+        flag = "+" if present is not None and key not in present else ""
+        command += ["-S", f"{flag}{key}={override_value(value, key)}"]
     return command
+
+
+def params_keys(path: str | Path = PARAMS_FILE) -> set[str]:
+    """The flattened keys of a params file (`mix.weights.code`, ...); none when it is missing."""
+    path = Path(path)
+    return set(flatten(yaml.safe_load(path.read_text()) or {})) if path.is_file() else set()
 
 
 def _branch() -> str:
@@ -91,15 +102,18 @@ def _set(text: str) -> tuple[str, object]:
     return key, yaml.safe_load(value)
 
 
-@cli
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))
+def build_parser(prog: str = "python -m pipeline.replicate") -> argparse.ArgumentParser:
+    parser = command_parser(__doc__, prog)
     parser.add_argument("--seeds", type=int, default=3, help="replicates the setting should have in all (default 3)")
     parser.add_argument("--exp", help="replicate this experiment's params (default: the workspace's params.yaml)")
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="a params change, as dvc exp run -S")
     parser.add_argument("--name", help="experiment name prefix (default: --exp, or the git branch)")
-    args = parser.parse_args()
+    return parser
+
+
+@cli
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m pipeline.replicate") -> None:
+    args = build_parser(prog).parse_args(argv)
     if args.seeds < 1:
         raise PipelineError("--seeds: must be at least 1")
     if not Path(PARAMS_FILE).is_file():
@@ -128,7 +142,7 @@ def main() -> None:
     for name in waiting:
         print(f"{name} is already queued or run")
     for name, change in queued:
-        result = subprocess.run(queue_command(name, change), capture_output=True, text=True)
+        result = subprocess.run(exp_command(name, change, present=params_keys()), capture_output=True, text=True)
         if result.returncode != 0:
             raise PipelineError(f"dvc exp run --queue -n {name}: {(result.stderr.strip().splitlines() or ['failed'])[-1]}")
         print(f"queued {name}")

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from functools import partial
 from pathlib import Path
+from typing import Optional, Sequence
 
-from pipeline.config import SourceConfig, SplitConfig, TokenizerConfig, entry_argument, load_params
+from pipeline.commands import stage_arguments
+from pipeline.config import SourceConfig, SplitConfig, TokenizerConfig, entry, load_params
 from pipeline.errors import cli
 from pipeline.hashing import content_hashes, is_val, val_threshold
 from pipeline.io import atomic_dir, write_json
@@ -74,9 +75,10 @@ def write_sample(tasks, budget: int, threshold: int, path: Path, workers: int) -
 
 
 @cli
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = stage_arguments(__doc__, "pipeline.scan", argv, entries="sources")
     params = load_params()
-    name = entry_argument(sys.argv, params.sources, "sources", "scan")
+    name = entry(args.name, params.sources, "sources")
     result = scan_source(name, params.sources[name], params.tokenizer, params.split, Path(SCAN_DIR) / name, os.cpu_count() or 1)
     print(f"scan {name}: for {result['tokenizer']}" + (f", {result['sample_documents']} train documents" if "sample_documents" in result else ""))
 

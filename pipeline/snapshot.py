@@ -17,12 +17,12 @@ changing Python).
 
 from __future__ import annotations
 
-import sys
 import sysconfig
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional, Sequence
 
-from pipeline.config import SnapshotConfig, entry_argument, load_params
+from pipeline.commands import stage_arguments
+from pipeline.config import SnapshotConfig, entry, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_dir
 from pipeline.paths import RAW_DIR
@@ -121,9 +121,10 @@ def write_snapshot(docs: Iterator[tuple[str, str]], out_dir: Path) -> dict:
 
 
 @cli
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = stage_arguments(__doc__, "pipeline.snapshot", argv, entries="snapshots")
     params = load_params()
-    name = entry_argument(sys.argv, params.snapshots, "snapshots", "snapshot")
+    name = entry(args.name, params.snapshots, "snapshots")
     counts = write_snapshot(documents(params.snapshots[name], f"snapshots.{name}"), RAW_DIR / name)
     print(f"snapshot {name}: {counts['docs']} documents, {counts['bytes'] / 1e6:.1f} MB in {counts['parts']} file(s)")
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
 from pipeline.arrays import NpyWriter
-from pipeline.config import SplitConfig, entry_argument, load_params
+from pipeline.commands import stage_arguments
+from pipeline.config import SplitConfig, entry, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.hashing import is_val, val_threshold
 from pipeline.io import atomic_dir, sha256_file, write_json
@@ -71,9 +72,10 @@ def split_store(store: TokenStore, cfg: SplitConfig, out_dir: Path, name: str, g
 
 
 @cli
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = stage_arguments(__doc__, "pipeline.split", argv, entries="sources")
     params = load_params()
-    name = entry_argument(sys.argv, params.sources, "sources", "split")
+    name = entry(args.name, params.sources, "sources")
     cfg = params.split
     counts = split_store(TokenStore(TOKENS_DIR / name), cfg, SPLIT_DIR / name, name, groups=DEDUP_DIR / name)
     if cfg.val_fraction > 0 and counts["val"]["docs"] == 0:

@@ -10,14 +10,14 @@ results are written in task order, so the store is the same whatever the number 
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from pipeline.config import SourceConfig, entry_argument, load_params
+from pipeline.commands import stage_arguments
+from pipeline.config import SourceConfig, entry, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.hashing import content_hashes
 from pipeline.io import atomic_dir, sha256_dir, write_json
@@ -81,9 +81,10 @@ def tokenize_source(name: str, cfg: SourceConfig, vocab_dir: Path, out_dir: Path
 
 
 @cli
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = stage_arguments(__doc__, "pipeline.tokenize", argv, entries="sources")
     params = load_params()
-    name = entry_argument(sys.argv, params.sources, "sources", "tokenize")
+    name = entry(args.name, params.sources, "sources")
     manifest = tokenize_source(name, params.sources[name], VOCAB_DIR, TOKENS_DIR / name, os.cpu_count() or 1)
     print(f"tokenize {name}: {manifest['docs']} documents, {manifest['tokens']} tokens, {manifest['text_bytes'] / 1e6:.1f} MB")
 

@@ -23,6 +23,9 @@ SPEC_FILE = "spec.json"  # which tokenizer a vocab folder holds: kind, name, voc
 RANKS_FILE = "ranks.tiktoken"
 CHARS_FILE = "chars.json"
 HF_TOKENIZER_FILE = "tokenizer.json"  # Hugging Face's format (a trained BPE keeps it beside its ranks)
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"  # Hugging Face: bos/eos tokens, and the chat_template in older folders
+GENERATION_CONFIG_FILE = "generation_config.json"  # Hugging Face: bos/eos (stop) token ids
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # Hugging Face (transformers 5): the chat template, beside tokenizer_config.json
 EOS_TEXT = "<|endoftext|>"
 
 

@@ -7,8 +7,8 @@
 - char: the sorted set of characters in all configured sources (from their `scan@<source>` results).
 - bpe: a byte-level BPE trained on the sources' train samples (`scan@<source>`, `pipeline/bpe.py`):
   Hugging Face's `tokenizer.json` and, when tiktoken encodes the samples identically, its ranks.
-- hf: a model's own `tokenizer.json` from `tokenizer.path`, copied with its configs; named by the
-  file's content hash, so the data and a model folder agree exactly when their files do.
+- hf: a model's own `tokenizer.json` from `tokenizer.path`, copied with its configs and chat template;
+  named by the file's content hash, so the data and a model folder agree exactly when their files do.
 
 `spec.json` always records `name`, `kind`, `vocab_size`, `eos_id` and `pad_id`.
 """
@@ -24,15 +24,19 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
+from pipeline.commands import stage_arguments
 from pipeline.config import TokenizerConfig, load_params
 from pipeline.errors import PipelineError, cli
-from pipeline.io import atomic_dir, read_json, write_json
+from pipeline.io import atomic_dir, read_json, remove_dropped_sources, write_json
 from pipeline.paths import SAMPLE_FILE, SCAN_DIR, SCAN_FILE, VOCAB_DIR
-from pipeline.tokenizer import CHARS_FILE, EOS_TEXT, HF_TOKENIZER_FILE, RANKS_FILE, SPEC_FILE, CharTokenizer, hf_tokenizer_name
+from pipeline.tokenizer import (
+    CHARS_FILE, CHAT_TEMPLATE_FILE, EOS_TEXT, GENERATION_CONFIG_FILE, HF_TOKENIZER_FILE, RANKS_FILE, SPEC_FILE, TOKENIZER_CONFIG_FILE,
+    CharTokenizer, hf_tokenizer_name,
+)
 
-HF_CONFIG_FILES = ("tokenizer_config.json", "generation_config.json")
+HF_FILES = (HF_TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, GENERATION_CONFIG_FILE, CHAT_TEMPLATE_FILE)  # what `hf` copies, when present
 
 GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 WHISPER_SDIST = "openai-whisper==20250625"
@@ -197,24 +201,24 @@ def build_bpe(cfg: TokenizerConfig, scan_dirs: list[Path], out_dir: Path) -> Non
 
 
 def copy_hf(folder: Path, out_dir: Path) -> None:
-    """A model's own tokenizer: its `tokenizer.json` (and `tokenizer_config.json`,
-    `generation_config.json` when present) copied as they are; EOS, BOS and stop ids read from them."""
+    """A model's own tokenizer: its `tokenizer.json` (and `tokenizer_config.json`, `generation_config.json`
+    and `chat_template.jinja` when present) copied as they are; EOS, BOS and stop ids read from them."""
     from tokenizers import Tokenizer as Backend
 
     source = folder / HF_TOKENIZER_FILE
     if not source.is_file():
         raise PipelineError(f"tokenizer.path: {source} not found (a Hugging Face model or tokenizer folder)")
-    files = {name: (folder / name).read_bytes() for name in (HF_TOKENIZER_FILE, *HF_CONFIG_FILES) if (folder / name).is_file()}
+    files = {name: (folder / name).read_bytes() for name in HF_FILES if (folder / name).is_file()}
     try:
-        config = json.loads(files.get(HF_CONFIG_FILES[0], b"{}"))
-        generation = json.loads(files.get(HF_CONFIG_FILES[1], b"{}"))
+        config = json.loads(files.get(TOKENIZER_CONFIG_FILE, b"{}"))
+        generation = json.loads(files.get(GENERATION_CONFIG_FILE, b"{}"))
         backend = Backend.from_file(str(source))
     except Exception as exc:  # malformed JSON or a tokenizer.json the library cannot read
         raise PipelineError(f"tokenizer.path: {folder}: unreadable tokenizer files ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     eos_ids = _as_ids(generation.get("eos_token_id"))
     eos_text = _token_text(config.get("eos_token")) or (backend.id_to_token(eos_ids[0]) if eos_ids else None)
     if eos_text is None or backend.token_to_id(eos_text) is None:
-        raise PipelineError(f"tokenizer.path: {folder}: no end-of-text token in {' or '.join(HF_CONFIG_FILES)}")
+        raise PipelineError(f"tokenizer.path: {folder}: no end-of-text token in {TOKENIZER_CONFIG_FILE} or {GENERATION_CONFIG_FILE}")
     eos_id = backend.token_to_id(eos_text)
     bos_ids = _as_ids(generation.get("bos_token_id"))
     bos_text = _token_text(config.get("bos_token")) or (backend.id_to_token(bos_ids[0]) if bos_ids else None)
@@ -241,8 +245,10 @@ def _as_ids(value) -> list[int]:
 
 
 @cli
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    stage_arguments(__doc__, "pipeline.vocab", argv)
     params = load_params()
+    remove_dropped_sources(SCAN_DIR, params.sources, "vocab")
     build_vocab(params.tokenizer, [SCAN_DIR / name for name in params.sources], VOCAB_DIR)
 
 

@@ -142,3 +142,23 @@ def write_byte_vocab(path: Path, specials: tuple[str, ...] = ()) -> Path:
             "eos_text": "<|endoftext|>"}
     (path / "spec.json").write_text(json.dumps(spec))
     return path
+
+
+def save_model(model, path: Path, tokenizer_dir: Path | None = None) -> Path:
+    """Write `model` as our checkpoint folder, atomically, as the stages do (model/folders.py)."""
+    from model.folders import write_ours
+    from pipeline.io import atomic_dir
+
+    with atomic_dir(path) as tmp:
+        write_ours(model, tmp, tokenizer_dir)
+    return Path(path)
+
+
+def save_hf(model, path: Path, eos_id: int | None = None) -> Path:
+    """Write `model` as a Hugging Face folder, atomically (model/folders.py)."""
+    from model.folders import write_hf
+    from pipeline.io import atomic_dir
+
+    with atomic_dir(path) as tmp:
+        write_hf(model, tmp, eos_id)
+    return Path(path)

@@ -68,3 +68,49 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     found = {p.name for p in imported_modules(REPO / "model" / "train.py")}
     assert {"gpt.py", "store.py", "blocks.py", "tokenizer.py"} <= found
     assert "snapshot.py" not in found
+
+
+# Every params field that names a file or folder, and the stages that read it (each must list it as
+# `${section.field}`, or `${item.path}` for a source's path).
+PATH_PARAMS = {
+    "sources.*.path": ("scan", "tokenize"),
+    "tokenizer.path": ("vocab",),
+    "train.init_from": ("train",),
+    "finetune.init_from": ("finetune",),
+    "finetune.data": ("finetune",),
+    "finetune.vocab": ("finetune",),
+}
+PATH_FIELDS = {"path", "init_from", "data", "vocab"}
+
+
+def path_fields(cls, prefix: str) -> set[str]:
+    """The path-like fields of a params dataclass, recursively (`sources` entries as `sources.*`)."""
+    import dataclasses
+    import typing
+
+    found = set()
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        inner = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+        if dataclasses.is_dataclass(hint) or inner:
+            name = f"{prefix}{f.name}.*" if typing.get_origin(hint) is dict else f"{prefix}{f.name}"
+            found |= path_fields(hint if dataclasses.is_dataclass(hint) else inner[0], name + ".")
+        elif f.name in PATH_FIELDS:
+            found.add(prefix + f.name)
+    return found
+
+
+def test_every_path_param_is_a_dep_of_the_stages_that_read_it():
+    from pipeline.config import Params
+
+    assert path_fields(Params, "") - {"snapshots.*.path"} == set(PATH_PARAMS), "a new path param needs its stages here"
+    for param, names in PATH_PARAMS.items():
+        placeholder = "${item.path}" if param.startswith("sources.") else "${" + param + "}"
+        for name in names:
+            assert placeholder in stages()[name]["deps"], f"{name}: dvc.yaml lacks the dep {placeholder}"
+
+
+def test_editing_lora_code_does_not_rerun_pretraining():
+    """Train loads init_from folders (adapter folders too) through model/folders.py, which merges
+    adapters itself: LoRA training code is a dep of finetune only."""
+    assert "model/lora.py" not in stages()["train"]["deps"] and "model/lora.py" in stages()["finetune"]["deps"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,12 +19,12 @@ FULL_PARAMS = {
     "train": {
         "device": "cpu", "batch_size": 4, "max_iters": 30, "lr": 0.01, "min_lr": 0.001, "warmup_iters": 5,
         "eval_interval": 15, "eval_blocks": 4, "checkpoint_interval": 15, "threads": 1, "log_interval": 5,
-        "peak_flops": -1.0,
+        "peak_flops": -1.0, "init_from": "models/README.md",
     },
     "evaluate": {"max_blocks": 8, "batch_size": 8, "device": "cpu"},
     "sample": {"prompts": ["note "], "num_samples": 1, "max_new_tokens": 16, "device": "cpu"},
     "wandb": {"mode": "disabled", "project": "tinygpt-tests"},
-    "finetune": {"epochs": 1, "batch_size": 8, "device": "cpu"},
+    "finetune": {**TINY_PARAMS["finetune"], "epochs": 1, "batch_size": 8, "device": "cpu"},
 }
 DATA_STAGES = ("scan@notes", "scan@records", "vocab", "tokenize@notes", "tokenize@records", "dedup", "split@notes", "split@records", "mix", "pack")
 
@@ -148,3 +149,25 @@ def test_a_llama_layout_model_trains_through_dvc(clones):
     metrics = json.loads((repo / "metrics/eval.json").read_text())
     assert metrics["loss"] < metrics["unigram_loss"], metrics
     assert "note" in (repo / "data/samples.md").read_text()
+
+
+def test_every_path_a_param_names_is_a_dependency(clones):
+    """finetune.data, finetune.init_from and train.init_from are DVC deps of the stages that read
+    them: editing the file a param names re-runs its stage (and nothing upstream)."""
+    repo, _ = clones
+    run(["dvc", "repro"], repo)  # the experiments before left another run's outputs in the workspace
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    chat = repo / "corpus" / "chat.jsonl"
+    chat.write_text((repo / "data" / "instructions.jsonl").read_text())
+    params["finetune"]["data"] = "corpus/chat.jsonl"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(run(["dvc", "repro", "finetune"], repo).stdout) == {"finetune"}
+    assert "up to date" in run(["dvc", "status"], repo).stdout
+    with chat.open("a") as handle:
+        handle.write(json.dumps({"instruction": "Say hi.", "output": "hi"}) + "\n")
+    status = run(["dvc", "status", "finetune"], repo).stdout
+    assert "corpus/chat.jsonl" in status and "modified" in status
+    shutil.copytree(repo / "data" / "model", repo / "corpus" / "start")
+    params["train"]["init_from"] = "corpus/start"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "corpus/start" in run(["dvc", "status", "train"], repo).stdout

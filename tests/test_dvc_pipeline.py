@@ -39,6 +39,9 @@ TINY_PARAMS = {
     "mix": {"train_tokens": 3000, "weights": {"notes": 0.5, "records": 0.5}},
     "pack": {"context_length": 32, "mode": "bestfit"},
     "dedup": {"near": {"enabled": False}},  # the tiny notes differ in a word or two: near dedup would merge them
+    # the paths dvc.yaml tracks must be written out (pipeline.config.TRACKED_PATHS)
+    "train": {"init_from": "models/README.md"},
+    "finetune": {"data": "data/instructions.jsonl", "init_from": "data/model", "vocab": "data/vocab"},
 }
 MORE_SOURCES = {  # every kind of source a user points at, each a DVC dependency
     "pages": {"format": "text", "path": "corpus/pages", "glob": "*.md"},
@@ -183,3 +186,22 @@ def test_bad_params_fail_in_the_first_stage_naming_the_key(tmp_path, section, ke
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors and f"{section}.{key}" in errors[0], result.stderr
     assert not (repo / "data/tokens").exists() and not (repo / "data/scan").exists(), "nothing ran before the check"
+
+
+def test_a_removed_sources_folders_are_removed_and_nothing_reruns(tmp_path):
+    """Left in data/scan, data/tokens or data/split, a removed source's folder is hashed into the deps
+    of vocab, dedup, mix and pack: a clone without it would re-run them."""
+    params = json.loads(json.dumps(TINY_PARAMS))
+    params["sources"]["old"] = {"format": "jsonl", "path": "corpus/old.jsonl"}
+    params["mix"]["weights"]["old"] = 0.2
+    repo = make_repo(tmp_path, params)
+    lines = [json.dumps({"text": f"says ba record {i}"}) for i in range(20)]  # the characters of `records`: the vocabulary stays
+    (repo / "corpus/old.jsonl").write_text("\n".join(lines) + "\n")
+    run(["dvc", "repro", "pack"], repo)
+    (repo / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS, sort_keys=False))
+    output = run(["dvc", "repro", "pack"], repo).stdout
+    assert ran(output) == {"vocab", "dedup", "mix", "pack"}, output
+    assert "dedup: removed data/tokens/old (no source 'old' in params.yaml)" in output
+    assert not [d for d in ("scan", "tokens", "split") if (repo / "data" / d / "old").exists()]
+    assert "up to date" in run(["dvc", "status", "pack"], repo).stdout
+    assert ran(run(["dvc", "repro", "pack"], repo).stdout) == set()

@@ -8,13 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from model.config import EvaluateConfig, SampleConfig
 from model.evaluate import evaluate, load_val_sets
+from model.folders import load_any
 from model.gpt import GPT, GPTConfig
 from model.sample import sample
-from tests.helpers import write_char_vocab
 from pipeline.blocks import write_blocks
-from pipeline.config import EvaluateConfig, SampleConfig
 from pipeline.errors import PipelineError
+from tests.helpers import save_model, write_char_vocab
 
 CHARS = "abcdefghijklmnopqrstuvwxyz .\n"
 V = len(CHARS) + 2
@@ -39,7 +40,7 @@ def write_val(path, n_blocks: int, seed: int, vocab_size: int = V, context: int 
 def model_dir(tmp_path):
     vocab = write_char_vocab(tmp_path / "vocab", CHARS)
     torch.manual_seed(0)
-    GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=1, n_head=2, n_embd=16)).save(tmp_path / "model", vocab)
+    save_model(GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=1, n_head=2, n_embd=16)), tmp_path / "model", vocab)
     return tmp_path / "model"
 
 
@@ -65,7 +66,7 @@ def test_evaluate_per_source_and_overall(tmp_path, model_dir):
     write_val(val / "empty", 0, 3)
     m = evaluate(model_dir, val, EvaluateConfig(max_blocks=0, batch_size=2, device="cpu"))
 
-    model = GPT.load(model_dir).eval()
+    model = load_any(model_dir).eval()
     sets = load_val_sets(val)
     with torch.no_grad():
         (sc, cc), (sp, cp) = direct_loss(model, sets["code"], 5), direct_loss(model, sets["prose"], 3)

@@ -16,7 +16,7 @@ from model.llama import Llama, LlamaConfig  # noqa: E402
 from pipeline.bpe import train_bpe  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.tokenizer import EOS_TEXT, load_tokenizer  # noqa: E402
-from tests.helpers import REPO, write_char_vocab  # noqa: E402
+from tests.helpers import REPO, save_model, write_char_vocab  # noqa: E402
 
 VARIED = [
     "Hello world",
@@ -65,7 +65,7 @@ def gpt2_export(gpt2_vocab, tmp_path_factory):
     """A tiny GPT-2 over GPT-2's vocabulary, saved with it and exported."""
     tmp = tmp_path_factory.mktemp("gpt2")
     model = randomise(GPT(GPTConfig(vocab_size=50257, block_size=64, n_layer=2, n_head=2, n_embd=16)))
-    model.save(tmp / "ckpt", tokenizer_dir=gpt2_vocab)
+    save_model(model, tmp / "ckpt", gpt2_vocab)
     export(tmp / "ckpt", tmp / "hf")
     return model, tmp / "hf"
 
@@ -118,7 +118,7 @@ def test_llama_with_a_trained_bpe(tmp_path, tie):
     tokenizer = load_tokenizer(vocab)
     model = randomise(Llama(LlamaConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=4, n_kv_head=2,
                                         n_embd=32, intermediate_size=48, tie_weights=tie)))
-    model.save(tmp_path / "ckpt", tokenizer_dir=vocab)
+    save_model(model, tmp_path / "ckpt", vocab)
     export(tmp_path / "ckpt", tmp_path / "hf")
     assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == (vocab / "tokenizer.json").read_bytes()
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
@@ -135,7 +135,7 @@ def test_char_vocabulary_exports_too(tmp_path):
     vocab = write_char_vocab(tmp_path / "vocab", "abcdef \n\t'é😀")
     tokenizer = load_tokenizer(vocab)
     model = randomise(GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)))
-    model.save(tmp_path / "ckpt", tokenizer_dir=vocab)
+    save_model(model, tmp_path / "ckpt", vocab)
     export(tmp_path / "ckpt", tmp_path / "hf")
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     for text in ("abc def\n\tcafé 😀", "a\r\nZ?b", "  "):
@@ -147,7 +147,7 @@ def test_char_vocabulary_exports_too(tmp_path):
 
 
 def test_missing_tokenizer_is_a_one_line_error(tmp_path, capsys):
-    GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=1, n_embd=8)).save(tmp_path / "ckpt")
+    save_model(GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=1, n_embd=8)), tmp_path / "ckpt")
     with pytest.raises(PipelineError, match="spec.json: not found") as err:
         export(tmp_path / "ckpt", tmp_path / "hf")
     assert "\n" not in str(err.value)
@@ -159,7 +159,7 @@ def test_missing_tokenizer_is_a_one_line_error(tmp_path, capsys):
 
 def test_tokenizer_larger_than_the_model_is_refused(tmp_path):
     vocab = write_char_vocab(tmp_path / "vocab", "abcdef")
-    GPT(GPTConfig(vocab_size=4, block_size=8, n_layer=1, n_head=1, n_embd=8)).save(tmp_path / "ckpt", tokenizer_dir=vocab)
+    save_model(GPT(GPTConfig(vocab_size=4, block_size=8, n_layer=1, n_head=1, n_embd=8)), tmp_path / "ckpt", vocab)
     with pytest.raises(PipelineError, match="vocab_size 8 exceeds the model's 4"):
         export(tmp_path / "ckpt", tmp_path / "hf")
 
@@ -184,7 +184,7 @@ def test_a_models_own_tokenizer_keeps_its_bos_and_settings(tmp_path, own_setting
     tokenizer = load_tokenizer(vocab)
     model = randomise(Llama(LlamaConfig(vocab_size=bos + 1, block_size=64, n_layer=1, n_head=2, n_kv_head=1, n_embd=16,
                                         intermediate_size=32)))
-    model.save(tmp_path / "ckpt", tokenizer_dir=vocab)
+    save_model(model, tmp_path / "ckpt", vocab)
     export(tmp_path / "ckpt", tmp_path / "hf")
     written = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
     assert (written == settings) == own_settings and written["bos_token"] == "<s>"
@@ -205,7 +205,7 @@ def test_a_models_own_tokenizer_keeps_its_bos_and_settings(tmp_path, own_setting
 ])
 def test_a_switch_transformers_cannot_represent_refuses_export_naming_it(tmp_path, capsys, switch, shown):
     vocab = write_char_vocab(tmp_path / "vocab", "abcdef")
-    GPT(GPTConfig(vocab_size=8, block_size=8, n_layer=2, n_head=2, n_embd=8, **switch)).save(tmp_path / "ckpt", tokenizer_dir=vocab)
+    save_model(GPT(GPTConfig(vocab_size=8, block_size=8, n_layer=2, n_head=2, n_embd=8, **switch)), tmp_path / "ckpt", vocab)
     with pytest.raises(SystemExit) as code:
         main(["--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")])
     err = capsys.readouterr().err
@@ -217,6 +217,40 @@ def test_zero_initialised_projections_still_export_with_parity(tmp_path):
     """zero_init is only where training starts: the model is plain GPT-2."""
     vocab = write_char_vocab(tmp_path / "vocab", "abcdef \n")
     model = randomise(GPT(GPTConfig(vocab_size=10, block_size=32, n_layer=2, n_head=2, n_embd=16, zero_init=True)))
-    model.save(tmp_path / "ckpt", tokenizer_dir=vocab)
+    save_model(model, tmp_path / "ckpt", vocab)
     export(tmp_path / "ckpt", tmp_path / "hf")
     assert_logits_match(model, tmp_path / "hf")
+
+
+def test_export_refuses_a_folder_of_other_files_unless_forced(tmp_path, capsys):
+    vocab = write_char_vocab(tmp_path / "vocab", "abc")
+    save_model(GPT(GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=1, n_embd=8)), tmp_path / "ckpt", vocab)
+    out = tmp_path / "out"
+    export(tmp_path / "ckpt", out)
+    export(tmp_path / "ckpt", out)  # a previous export is replaced without asking
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(tmp_path / "ckpt"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert err == f"error: --out {out}: holds notes.txt, which an export does not write; pass --force to replace the whole folder\n"
+    assert (out / "notes.txt").read_text() == "mine"
+    main(["--checkpoint", str(tmp_path / "ckpt"), "--out", str(out), "--force"])
+    assert not (out / "notes.txt").exists() and (out / "config.json").is_file()
+
+
+def test_the_chat_template_travels_with_the_export(tmp_path):
+    """A model's own chat template (chat_template.jinja in its tokenizer folder, as the vocab stage
+    copies it) is exported as chat_template.jinja; the one a checkpoint was fine-tuned with wins."""
+    vocab = write_char_vocab(tmp_path / "vocab", "abc")
+    (vocab / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    save_model(GPT(GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=1, n_embd=8)), tmp_path / "ckpt", vocab)
+    export(tmp_path / "ckpt", tmp_path / "out")
+    assert (tmp_path / "out" / "chat_template.jinja").read_text() == "{% for m in messages %}{{ m.content }}{% endfor %}"
+    (tmp_path / "ckpt" / "template.json").write_text(json.dumps({"name": "model", "chat_template": "{{ messages[0].content }}"}))
+    export(tmp_path / "ckpt", tmp_path / "out")
+    assert (tmp_path / "out" / "chat_template.jinja").read_text() == "{{ messages[0].content }}"
+    (tmp_path / "ckpt" / "template.json").unlink()
+    (vocab / "chat_template.jinja").unlink()
+    save_model(GPT(GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=1, n_embd=8)), tmp_path / "plain", vocab)
+    export(tmp_path / "plain", tmp_path / "out")
+    assert not (tmp_path / "out" / "chat_template.jinja").exists()

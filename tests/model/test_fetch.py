@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import fnmatch
+import os
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
 from model.fetch import fetch
 from pipeline.errors import PipelineError
+from tests.helpers import REPO
 
 SHA = "a" * 40
 HUB = {"config.json": b"{}", "tokenizer.json": b"{}", "model.safetensors": b"weights", "pytorch_model.bin": b"pickle",
        "consolidated.safetensors": b"a second copy", "README.md": b"card"}
+
+
+@pytest.fixture(autouse=True)
+def reachable_hub(monkeypatch):
+    """The faked hub is always there: no request leaves the machine."""
+    monkeypatch.setattr("model.fetch.check_hub_reachable", lambda repo_id: None)
 
 
 @pytest.fixture
@@ -61,3 +73,15 @@ def test_hub_errors_are_one_line_and_leave_nothing(tmp_path, monkeypatch):
     with pytest.raises(PipelineError, match=r"org/tiny@a{40}: download failed \(ConnectionError: no route to the hub\)$"):
         fetch("org/tiny", SHA, tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+def test_an_unreachable_hub_fails_fast_in_one_line(tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "model.fetch", "org/tiny", "--revision", SHA, "--out", str(tmp_path / "m")],
+                            cwd=REPO, env={**os.environ, "HF_ENDPOINT": endpoint}, capture_output=True, text=True)
+    assert time.monotonic() - started < 15, "no retries (huggingface_hub alone retries for 24 s and more)"
+    assert result.returncode == 1 and result.stderr.startswith(f"error: org/tiny: the hub at {endpoint} could not be reached")
+    assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "m").exists()

@@ -8,11 +8,13 @@ import sys
 import pytest
 import torch
 
+from model.decoder import sample_next
+from model.folders import load_any
 from model.generate import encode_prompt, main, sample_texts
-from model.gpt import GPT, GPTConfig, sample_next
-from tests.helpers import write_char_vocab
+from model.gpt import GPT, GPTConfig
 from pipeline.errors import PipelineError
 from pipeline.tokenizer import load_tokenizer
+from tests.helpers import save_model, write_char_vocab
 
 CHARS = "abcdefgh \n"
 
@@ -111,7 +113,7 @@ def test_stops_at_any_of_several_stop_ids():
 def char_checkpoint(tmp_path):
     vocab = write_char_vocab(tmp_path / "vocab", CHARS)
     model = tiny(vocab_size=len(CHARS) + 2, block_size=32)
-    model.save(tmp_path / "ckpt", tokenizer_dir=vocab)
+    save_model(model, tmp_path / "ckpt", vocab)
     return tmp_path / "ckpt"
 
 
@@ -138,7 +140,7 @@ def test_generate_cli(char_checkpoint, capsys):
 
 def test_generate_cli_module_and_vocab_flag(char_checkpoint, tmp_path, capsys):
     no_tokenizer = tmp_path / "no_tokenizer"  # like a Hugging Face folder: the tokenizer comes from --vocab
-    GPT.load(char_checkpoint).save(no_tokenizer)
+    save_model(load_any(char_checkpoint), no_tokenizer)
     args = ["--checkpoint", str(no_tokenizer), "--prompt", "ab", "--max-new-tokens", "5"]
     with pytest.raises(SystemExit):
         main(args + ["--vocab", str(tmp_path / "nowhere")])
@@ -150,7 +152,7 @@ def test_generate_cli_module_and_vocab_flag(char_checkpoint, tmp_path, capsys):
 
 
 def test_sample_texts(char_checkpoint):
-    model = GPT.load(char_checkpoint)
+    model = load_any(char_checkpoint)
     tok = load_tokenizer(char_checkpoint / "tokenizer")
     texts = sample_texts(model, tok, ["ab", ""], n=2, max_new_tokens=10, temperature=1.0, top_k=None, top_p=None, seed=3)
     assert len(texts) == 4 and texts[0].startswith("ab") and texts[1].startswith("ab")
@@ -166,7 +168,7 @@ def test_sample_texts_and_the_cli_stop_at_the_template_stop_token(char_checkpoin
     """A template whose stop string is one token of the tokenizer: generation ends at that token."""
     from model.templates import Template, render_prompt, stop_ids
 
-    model, tok = GPT.load(char_checkpoint), load_tokenizer(char_checkpoint / "tokenizer")
+    model, tok = load_any(char_checkpoint), load_tokenizer(char_checkpoint / "tokenizer")
     free = sample_texts(model, tok, ["abc"], 1, 20, 1.0, None, None, 5)[0][3:]  # seeded: the same path until a stop
     stop = next(c for c in free[2:] if c not in free[:2])  # a character the reply reaches after a few others
     template = Template(name="test", user="{content}", stop=stop)

@@ -1,16 +1,17 @@
-"""The GPT model: config checks, masking, loss, training, checkpoints, accounting."""
+"""The GPT model: config checks, masking, loss, training, the layer switches, accounting."""
 
-import json
 import math
 
 import pytest
 import torch
 
-from model.gpt import GPT, GPTConfig, load_any
+from model.config import MODEL_PRESETS, ModelConfig
+from model.folders import load_any
+from model.gpt import GPT, GPTConfig
 from model.layers import segment_positions
 from model.optim import adamw
-from pipeline.config import MODEL_PRESETS, ModelConfig
 from pipeline.errors import PipelineError
+from tests.helpers import save_model
 
 
 def tiny(**overrides) -> GPT:
@@ -135,58 +136,6 @@ def test_flops_per_token():
     assert model.flops_per_token(8) == 6 * n + 12 * 2 * 32 * 8
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_save_load_roundtrip(tmp_path, tie):
-    model = tiny(tie_weights=tie, bias=False, doc_mask=True)
-    vocab = tmp_path / "vocab"
-    vocab.mkdir()
-    (vocab / "spec.json").write_text('{"kind": "char"}')
-    model.save(tmp_path / "ckpt", tokenizer_dir=vocab)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "vocab"]  # no temp folder left
-    assert (tmp_path / "ckpt" / "tokenizer" / "spec.json").is_file()
-    loaded = load_any(tmp_path / "ckpt").eval()
-    assert loaded.config == model.config
-    assert (loaded.lm_head.weight is loaded.transformer.wte.weight) == tie
-    idx = torch.randint(0, 37, (2, 16))
-    assert torch.equal(model(idx)[0], loaded(idx)[0])
-    model.save(tmp_path / "ckpt")  # overwriting an existing checkpoint works
-    assert not (tmp_path / "ckpt" / "tokenizer").exists()
-
-
-def test_mismatched_checkpoint_is_one_line_error(tmp_path):
-    tiny().save(tmp_path / "ckpt")
-    cfg_path = tmp_path / "ckpt" / "model_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["vocab_size"] = 50
-    cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(PipelineError, match="transformer.wte.weight") as err:
-        GPT.load(tmp_path / "ckpt")
-    assert "\n" not in str(err.value)
-    cfg["vocab_size"], cfg["n_layer"] = 37, 3
-    cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(PipelineError, match="missing tensor"):
-        GPT.load(tmp_path / "ckpt")
-    cfg["n_layer"], cfg["colour"] = 2, "red"
-    cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(PipelineError, match="unknown key 'colour'"):
-        GPT.load(tmp_path / "ckpt")
-    with pytest.raises(PipelineError, match="neither"):
-        load_any(tmp_path)
-
-
-def test_gpt_refuses_a_llama_checkpoint_and_reads_old_ones_without_arch(tmp_path):
-    from model.llama import Llama, LlamaConfig
-
-    Llama(LlamaConfig(vocab_size=40, block_size=8, n_layer=1, n_head=2, n_kv_head=1, n_embd=8, intermediate_size=16)).save(tmp_path / "llama")
-    with pytest.raises(PipelineError, match="a 'llama' checkpoint, not 'gpt2'"):
-        GPT.load(tmp_path / "llama")
-    GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=1, n_head=2, n_embd=8)).save(tmp_path / "gpt")
-    config = json.loads((tmp_path / "gpt/model_config.json").read_text())
-    assert config.pop("arch") == "gpt2"
-    (tmp_path / "gpt/model_config.json").write_text(json.dumps(config))  # as written before the Llama layout
-    assert GPT.load(tmp_path / "gpt").config.n_embd == 8
-
-
 # ---- the modern recipe's layer switches ---------------------------------------------------------
 
 MODERN = dict(positions="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, zero_init=True, logit_softcap=5.0, unet=True)
@@ -209,7 +158,7 @@ def test_each_switch_is_causal_decodes_with_the_cache_and_round_trips(tmp_path, 
     prompt = idx[:, :4]
     with_cache = model.generate(prompt, 20, temperature=0, use_cache=True)
     assert torch.equal(with_cache, model.generate(prompt, 20, temperature=0, use_cache=False))
-    model.save(tmp_path / "ckpt")
+    save_model(model, tmp_path / "ckpt")
     loaded = load_any(tmp_path / "ckpt").eval()
     assert loaded.config == model.config and torch.equal(loaded(idx)[0], logits)
 
@@ -249,12 +198,3 @@ def test_hidden_matrices_are_the_linear_layers_inside_the_blocks():
     got = sorted((names[id(p)], parts) for p, parts in matrices)
     assert got == sorted([(f"transformer.h.{i}.{n}", 3 if n == "attn.c_attn.weight" else 1) for i in range(2)
                           for n in ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")])
-
-
-def test_a_checkpoint_from_before_the_switches_loads_as_classic(tmp_path):
-    tiny().save(tmp_path / "gpt")
-    config = json.loads((tmp_path / "gpt/model_config.json").read_text())
-    for name in ("positions", "rope_theta", "norm", "mlp", "qk_norm", "zero_init", "logit_softcap", "unet"):
-        config.pop(name)
-    (tmp_path / "gpt/model_config.json").write_text(json.dumps(config))
-    assert GPT.load(tmp_path / "gpt").config == tiny().config

@@ -9,8 +9,10 @@ from safetensors.torch import save_file
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
-from model.gpt import GPT, GPTConfig, load_any  # noqa: E402
+from model.folders import load_any, read_hf  # noqa: E402
+from model.gpt import GPT, GPTConfig  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
+from tests.helpers import save_hf  # noqa: E402
 
 VOCAB, CTX = 61, 32
 
@@ -38,7 +40,7 @@ def hf_logits(model, idx):
 def test_from_hf_matches_transformers(tmp_path, tie):
     hf = hf_model(tie)
     hf.save_pretrained(tmp_path / "hf")
-    ours = GPT.from_hf(tmp_path / "hf").eval()
+    ours = read_hf(tmp_path / "hf").eval()
     assert ours.config.tie_weights == tie and ours.config.block_size == CTX
     assert (ours.lm_head.weight is ours.transformer.wte.weight) == tie
     idx = torch.randint(0, VOCAB, (2, CTX))
@@ -52,7 +54,7 @@ def test_save_hf_loads_in_transformers(tmp_path, tie):
     with torch.no_grad():
         for p in ours.parameters():
             p.normal_(0.0, 0.1)
-    ours.save_hf(tmp_path / "out")
+    save_hf(ours, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
     assert (hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()) == tie
@@ -81,7 +83,7 @@ def test_pickled_code_is_refused(tmp_path, capsys):
     hf_model(tie=True).config.to_json_file(tmp_path / "config.json")
     torch.save({"transformer.wte.weight": Payload()}, tmp_path / "pytorch_model.bin")
     with pytest.raises(PipelineError, match="plain tensors"):
-        GPT.from_hf(tmp_path)
+        read_hf(tmp_path)
     assert "never run" not in capsys.readouterr().out
 
 
@@ -92,7 +94,7 @@ def test_openai_style_keys_without_prefix_and_mask_buffers(tmp_path):
         state[f"h.{i}.attn.bias"] = torch.ones(1, 1, CTX, CTX).tril()
     hf.config.to_json_file(tmp_path / "config.json")
     save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
-    ours = GPT.from_hf(tmp_path).eval()
+    ours = read_hf(tmp_path).eval()
     idx = torch.randint(0, VOCAB, (1, 8))
     torch.testing.assert_close(ours(idx)[0], hf_logits(hf, idx), atol=1e-4, rtol=0)
 
@@ -103,13 +105,13 @@ def test_mismatched_hf_checkpoint_and_no_bias(tmp_path):
     cfg["n_embd"] = 64
     (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(PipelineError, match="has shape") as err:
-        GPT.from_hf(tmp_path / "hf")
+        read_hf(tmp_path / "hf")
     assert "\n" not in str(err.value)
     cfg["n_embd"], cfg["activation_function"] = 48, "relu"
     (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(PipelineError, match="activation_function"):
-        GPT.from_hf(tmp_path / "hf")
+        read_hf(tmp_path / "hf")
     nobias = GPT(GPTConfig(vocab_size=VOCAB, block_size=CTX, n_layer=1, n_head=1, n_embd=8, bias=False))
     with pytest.raises(PipelineError, match="bias"):
-        nobias.save_hf(tmp_path / "nb")
+        save_hf(nobias, tmp_path / "nb")
     assert not (tmp_path / "nb").exists()

@@ -6,20 +6,37 @@ import pytest
 import torch
 
 from model.layers import (
-    RopeTable, attend, document_mask, flex_document_mask, resolve_doc_mask_kernel, rope_cos_sin, rope_frequencies,
+    attend, document_mask, flex_document_mask, resolve_doc_mask_kernel, rope_cos_sin, rope_frequencies,
 )
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
-def test_the_rope_table_gives_rope_cos_sin_values():
-    table = RopeTable(head_dim=8, theta=500.0, length=32)
+def test_rope_cos_sin_takes_shared_or_per_row_positions():
+    """Positions (T,) give one table for every row, (B, T) one per row: the same values where they meet."""
+    inv_freq = rope_frequencies(8, 500.0)
     pos = torch.tensor([[0, 1, 2, 0, 1, 5], [3, 4, 0, 1, 2, 3]])
-    want = rope_cos_sin(pos, rope_frequencies(8, 500.0), torch.float32)
-    got = table(pos, torch.float32)
-    assert all(torch.equal(a, b) for a, b in zip(got, want)) and got[0].shape == (2, 1, 6, 8)
-    flat = table(torch.arange(6), torch.float32)
-    assert flat[0].shape == (1, 1, 6, 8) and torch.equal(flat[0][0], rope_cos_sin(torch.arange(6)[None], rope_frequencies(8, 500.0), torch.float32)[0][0])
+    cos, sin = rope_cos_sin(pos, inv_freq, torch.float32)
+    flat_cos, flat_sin = rope_cos_sin(torch.arange(6), inv_freq, torch.float32)
+    assert cos.shape == (2, 1, 6, 8) and flat_cos.shape == (1, 1, 6, 8)
+    assert torch.equal(cos[0, 0, :3], flat_cos[0, 0, :3]) and torch.equal(sin[1, 0, 2:5], flat_sin[0, 0, :3])
+
+
+def test_a_loaded_model_rebuilds_its_rotary_frequencies(tmp_path):
+    """The frequencies are a buffer computed once, not saved: a model built on the meta device and
+    loaded from its folder gets them back, equal to a fresh model's."""
+    from model.folders import load_any
+    from model.gpt import GPT, GPTConfig
+    from model.llama import Llama, LlamaConfig
+    from tests.helpers import save_model
+
+    for model in (GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16, positions="rope")),
+                  Llama(LlamaConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_kv_head=1, n_embd=16, intermediate_size=24))):
+        assert "inv_freq" not in model.state_dict()
+        loaded = load_any(save_model(model, tmp_path / model.ARCH))
+        assert loaded.inv_freq.device.type == "cpu" and torch.equal(loaded.inv_freq, model.inv_freq)
+        idx = torch.randint(0, 20, (1, 8))
+        assert torch.equal(loaded.eval()(idx)[0], model.eval()(idx)[0])
 
 
 def test_auto_picks_flex_only_where_it_trains():

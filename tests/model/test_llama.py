@@ -10,10 +10,12 @@ import torch
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
+from model.folders import llama_config, load_any, read_hf  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
 from model.layers import llama3_scale  # noqa: E402
-from model.llama import Llama, LlamaConfig, load_any  # noqa: E402
+from model.llama import Llama, LlamaConfig  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
+from tests.helpers import save_hf, save_model  # noqa: E402
 
 VOCAB, CTX = 61, 32
 SHAPE = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
@@ -62,13 +64,13 @@ def test_logits_match_transformers_both_ways(tmp_path, case):
     family, overrides = CASES[case]
     hf = hf_model(family, **overrides)
     hf.save_pretrained(tmp_path / "hf")
-    ours = Llama.from_hf(tmp_path / "hf").eval()
+    ours = read_hf(tmp_path / "hf").eval()
     assert (ours.lm_head.weight is ours.model.embed_tokens.weight) == overrides.get("tie_word_embeddings", False)
     assert ours.config.qkv_bias == (family == "Qwen2") and ours.config.eos_id == 2
     idx = torch.randint(0, VOCAB, (2, CTX))
     torch.testing.assert_close(ours(idx)[0], hf_logits(hf, idx), atol=1e-4, rtol=0)
 
-    ours.save_hf(tmp_path / "out")
+    save_hf(ours, tmp_path / "out")
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert type(back).__name__ == ("Qwen2ForCausalLM" if family == "Qwen2" else "LlamaForCausalLM")
     torch.testing.assert_close(hf_logits(back, idx), ours(idx)[0], atol=1e-4, rtol=0)
@@ -82,13 +84,13 @@ def test_model_of_ours_saves_for_transformers(tmp_path, qkv_bias):
         intermediate_size=64, rope_theta=1000.0, rope_scaling={k: v for k, v in LLAMA3.items() if k != "rope_type"},
         rms_norm_eps=1e-5, qkv_bias=qkv_bias, eos_id=0,
     )))
-    ours.save_hf(tmp_path / "out")
+    save_hf(ours, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert hf.config.rope_parameters["rope_type"] == "llama3" and hf.config.num_key_value_heads == 2
     idx = torch.randint(0, VOCAB, (2, CTX))
     torch.testing.assert_close(hf_logits(hf, idx), ours(idx)[0], atol=1e-4, rtol=0)
-    again = Llama.from_hf(tmp_path / "out")
+    again = read_hf(tmp_path / "out")
     assert again.config == ours.config
     torch.testing.assert_close(again(idx)[0], ours(idx)[0], atol=0, rtol=0)
 
@@ -107,7 +109,7 @@ def test_sharded_safetensors_and_inv_freq_buffers(tmp_path):
 def test_sliding_window_shortens_the_context(tmp_path):
     hf = hf_model("Mistral", sliding_window=16)
     hf.save_pretrained(tmp_path / "hf")
-    ours = Llama.from_hf(tmp_path / "hf").eval()
+    ours = read_hf(tmp_path / "hf").eval()
     assert ours.config.block_size == 16  # up to the window, sliding-window attention is causal attention
     idx = torch.randint(0, VOCAB, (2, 16))
     torch.testing.assert_close(ours(idx)[0], hf_logits(hf, idx), atol=1e-4, rtol=0)
@@ -119,10 +121,10 @@ def hf_dict(**changes) -> dict:
 
 
 def test_both_rope_spellings_read_the_same():
-    new = LlamaConfig.from_hf_config(hf_dict(rope_parameters=dict(rope_theta=5e5, **LLAMA3)), "new")
+    new = llama_config(hf_dict(rope_parameters=dict(rope_theta=5e5, **LLAMA3)), "new", None)
     old = hf_dict(rope_theta=5e5, rope_scaling={**LLAMA3})
     del old["rope_parameters"]
-    assert LlamaConfig.from_hf_config(old, "old") == new
+    assert llama_config(old, "old", None) == new
     assert new.rope_theta == 5e5 and new.rope_scaling == {k: v for k, v in LLAMA3.items() if k != "rope_type"}
 
 
@@ -139,7 +141,7 @@ def test_both_rope_spellings_read_the_same():
 ])
 def test_unsupported_hf_configs_are_one_line_errors(changes, key):
     with pytest.raises(PipelineError, match=key) as err:
-        LlamaConfig.from_hf_config(hf_dict(**changes), "cfg.json")
+        llama_config(hf_dict(**changes), "cfg.json", None)
     assert "\n" not in str(err.value) and str(err.value).startswith("cfg.json: ")
 
 
@@ -202,23 +204,21 @@ def test_packed_documents_equal_each_document_alone():
 
 def test_checkpoint_round_trip_and_load_any(tmp_path):
     model = tiny(tie_weights=True, dropout=0.1)
-    model.save(tmp_path / "ckpt")
+    save_model(model, tmp_path / "ckpt")
     assert json.loads((tmp_path / "ckpt" / "model_config.json").read_text())["arch"] == "llama"
     loaded = load_any(tmp_path / "ckpt", dropout=0.0).eval()
     assert isinstance(loaded, Llama) and loaded.config.dropout == 0.0
     assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
     idx = torch.randint(0, VOCAB, (2, 16))
     torch.testing.assert_close(loaded(idx)[0], model(idx)[0], atol=0, rtol=0)
-    GPT(GPTConfig(vocab_size=VOCAB, block_size=8, n_layer=1, n_head=2, n_embd=16)).save(tmp_path / "gpt")
+    save_model(GPT(GPTConfig(vocab_size=VOCAB, block_size=8, n_layer=1, n_head=2, n_embd=16)), tmp_path / "gpt")
     assert isinstance(load_any(tmp_path / "gpt"), GPT)
-    with pytest.raises(PipelineError, match="a 'gpt2' checkpoint, not 'llama'"):
-        Llama.load(tmp_path / "gpt")
 
 
 def test_parameter_count_matches_transformers():
     for tie in (False, True):
         hf = hf_model("Llama", tie_word_embeddings=tie)
-        ours = Llama(LlamaConfig.from_hf_config(hf.config.to_dict(), "cfg"))
+        ours = Llama(llama_config(hf.config.to_dict(), "cfg", None))
         assert ours.num_params(non_embedding=False) == hf.num_parameters()
         assert ours.num_params() == hf.num_parameters() - (0 if tie else VOCAB * 48)
     assert ours.flops_per_token(8) == 6 * ours.num_params() + 12 * 2 * 48 * 8

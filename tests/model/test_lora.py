@@ -9,16 +9,17 @@ import pytest
 import torch
 import torch.nn as nn
 
-from model import gpt, llama
-from model.finetune import finetune, load_records
+from model.finetune import finetune
+from model.folders import ADAPTER_CONFIG_FILE, ADAPTER_FILE, load_any, write_adapter
 from model.gpt import GPT, GPTConfig
 from model.llama import Llama, LlamaConfig
-from model.lora import ADAPTER_CONFIG_FILE, ADAPTER_FILE, LoRALinear, apply_lora, merge_lora, save_adapter, trainable_params
+from model.lora import LoRALinear, adapter_state, apply_lora, merge_lora, trainable_params
+from model.records import load_records
 from model.templates import DEFAULT_TEMPLATE
-from pipeline.config import FinetuneConfig, LoraConfig
+from model.config import FinetuneConfig, LoraConfig
 from pipeline.errors import PipelineError
 from pipeline.tokenizer import load_tokenizer
-from tests.helpers import REPO, write_char_vocab
+from tests.helpers import REPO, save_model, write_char_vocab
 
 ALL = LoraConfig().targets  # every Linear layer of either layout
 SIZES = dict(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)
@@ -88,12 +89,12 @@ def test_dropout_acts_on_the_adapter_input_in_training_only():
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_adapter_folder_round_trip(tmp_path, arch):
     base = tiny(arch, tie_weights=False)
-    base.save(tmp_path / "models" / "base")
+    save_model(base, tmp_path / "models" / "base")
     model = tiny(arch, tie_weights=False)
     apply_lora(model, rank=2, alpha=4, dropout=0.1, targets=ALL)
     randomize_adapters(model)
     (tmp_path / "models" / "adapter").mkdir()
-    save_adapter(model, tmp_path / "models" / "adapter", base=tmp_path / "models" / "base")
+    write_adapter(tmp_path / "models" / "adapter", *adapter_state(model), base=tmp_path / "models" / "base")
     idx = torch.randint(0, 40, (2, 9))
     expected = logits(model, idx)
 
@@ -105,10 +106,9 @@ def test_adapter_folder_round_trip(tmp_path, arch):
     assert all(name.endswith((".lora_A", ".lora_B")) for name in load_file(str(folder / ADAPTER_FILE)))
     assert (folder / ADAPTER_FILE).stat().st_size < (tmp_path / "models" / "base" / "model.safetensors").stat().st_size / 4
     shutil.move(tmp_path / "models", tmp_path / "moved")  # the base is found relative to the adapters
-    for load_any in (gpt.load_any, llama.load_any):
-        loaded = load_any(tmp_path / "moved" / "adapter")
-        assert type(loaded) is type(base) and not any(isinstance(m, LoRALinear) for m in loaded.modules())
-        assert (logits(loaded.eval(), idx) - expected).abs().max() < 1e-5
+    loaded = load_any(tmp_path / "moved" / "adapter")
+    assert type(loaded) is type(base) and not any(isinstance(m, LoRALinear) for m in loaded.modules())
+    assert (logits(loaded.eval(), idx) - expected).abs().max() < 1e-5
 
 
 def test_lora_errors_are_one_line(tmp_path):
@@ -120,12 +120,12 @@ def test_lora_errors_are_one_line(tmp_path):
     folder = tmp_path / "adapter"
     folder.mkdir()
     apply_lora(model, 2, 4, 0.0, ["c_attn"])
-    save_adapter(model, folder, base=tmp_path / "gone")
+    write_adapter(folder, *adapter_state(model), base=tmp_path / "gone")
     with pytest.raises(PipelineError, match=r"adapter_config.json: base model folder .*gone not found"):
-        gpt.load_any(folder)
+        load_any(folder)
     (folder / ADAPTER_CONFIG_FILE).write_text(json.dumps({"base": "../gone", "rank": "8"}))
     with pytest.raises(PipelineError, match="adapter_config.json: 'rank' must be an integer, got \"8\""):
-        gpt.load_any(folder)
+        load_any(folder)
 
 
 # ---- fine-tuning with LoRA ----------------------------------------------------------------------------
@@ -145,7 +145,7 @@ def test_lora_finetune_on_the_instruction_set(tmp_path, arch, capsys):
     base = tiny(arch, vocab_size=size, block_size=256)
     with torch.no_grad():  # peakier than the 0.02 init, as a trained output layer: the frozen lm_head can then
         base.lm_head.weight.mul_(10)  # express the answers (at 0.02 the logits stay within about +-1)
-    base.save(tmp_path / "base", tokenizer_dir=vocab)
+    save_model(base, tmp_path / "base", vocab)
     base_bytes = (tmp_path / "base" / "model.safetensors").read_bytes()
     cfg = FinetuneConfig(data=str(data), init_from=str(tmp_path / "base"), epochs=2, batch_size=8, lr=1e-2, min_lr=1e-3,
                          weight_decay=0.0, device="cpu", lora=LoraConfig(rank=4, alpha=8))
@@ -156,7 +156,7 @@ def test_lora_finetune_on_the_instruction_set(tmp_path, arch, capsys):
     assert metrics["trained_params"] == 4096 < base.num_params(non_embedding=False) / 5  # rank x (in + out), summed over the layers
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [ADAPTER_FILE, ADAPTER_CONFIG_FILE, "template.json", "tokenizer"]
     assert (tmp_path / "base" / "model.safetensors").read_bytes() == base_bytes  # the base stays as it was
-    merged = gpt.load_any(tmp_path / "out")
+    merged = load_any(tmp_path / "out")
     assert not any(isinstance(m, LoRALinear) for m in merged.modules())
     main(["--checkpoint", str(tmp_path / "out"), "--instruction", records[0].instruction, "--max-new-tokens", "5"])
     assert len(capsys.readouterr().out) <= 6  # the adapter folder serves the CLI too
@@ -164,7 +164,7 @@ def test_lora_finetune_on_the_instruction_set(tmp_path, arch, capsys):
 
 def test_lora_refuses_to_overwrite_its_base(tmp_path):
     vocab = write_char_vocab(tmp_path / "vocab", "ab")
-    tiny("gpt2", vocab_size=4).save(tmp_path / "base", tokenizer_dir=vocab)
+    save_model(tiny("gpt2", vocab_size=4), tmp_path / "base", vocab)
     (tmp_path / "r.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
     cfg = FinetuneConfig(data=str(tmp_path / "r.jsonl"), init_from=str(tmp_path / "base"), device="cpu", lora=LoraConfig())
     with pytest.raises(PipelineError, match="also the output folder"):

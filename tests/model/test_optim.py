@@ -77,7 +77,7 @@ def test_warmup_cosine():
 # ---- Muon ------------------------------------------------------------------------------------------
 
 from model.optim import MUON_MOMENTUM_START, Muon, muon, orthogonalise  # noqa: E402
-from pipeline.config import TrainConfig  # noqa: E402
+from model.config import TrainConfig  # noqa: E402
 
 
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():

@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from model.gpt import GPT, GPTConfig
 from model.checkpoint import STATE_FORMAT, latest_checkpoint, load_checkpoint, save_checkpoint
+from model.gpt import GPT, GPTConfig
 from model.metrics import Tracker
 from model.stream import BlockOrder, Position
 from model.train import lr_at, train
-from tests.helpers import write_char_vocab
+from model.config import ModelConfig, TrainConfig
 from pipeline.blocks import write_blocks
-from pipeline.config import ModelConfig, TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.tokenizer import CharTokenizer
+from tests.helpers import save_model, write_char_vocab
 
 REPO = Path(__file__).resolve().parents[2]
 CHARS = "abcdefghijklmnopqrstuvwxyz .,:()=+12\n"
@@ -117,8 +117,8 @@ def test_loss_decreases_and_outputs_written(tmp_path, monkeypatch):
 RUNNER = """
 import json, sys
 from pathlib import Path
+from model.config import ModelConfig, TrainConfig
 from model.train import train
-from pipeline.config import ModelConfig, TrainConfig
 spec = json.loads(Path(sys.argv[1]).read_text())
 res = train(0, ModelConfig(**spec["model"]), TrainConfig(**spec["train"]), **spec["paths"])
 import torch, os
@@ -241,18 +241,18 @@ def test_lr_schedule():
 def test_refuses_mismatched_data(tmp_path):
     paths = make_data(tmp_path / "d")
     other_vocab = tmp_path / "other_vocab"
-    GPT(GPTConfig(vocab_size=99, block_size=T, n_layer=1, n_head=1, n_embd=8)).save(other_vocab)
+    save_model(GPT(GPTConfig(vocab_size=99, block_size=T, n_layer=1, n_head=1, n_embd=8)), other_vocab)
     with pytest.raises(PipelineError, match=f"vocab size {V} does not match") as err:
         train(0, ModelConfig(**TINY), cfg(init_from=str(other_vocab)), **paths)
     assert "\n" not in str(err.value)
 
     short = tmp_path / "short"
-    GPT(GPTConfig(vocab_size=V, block_size=T // 2, n_layer=1, n_head=1, n_embd=8)).save(short)
+    save_model(GPT(GPTConfig(vocab_size=V, block_size=T // 2, n_layer=1, n_head=1, n_embd=8)), short)
     with pytest.raises(PipelineError, match=f"context length {T} exceeds"):
         train(0, ModelConfig(**TINY), cfg(init_from=str(short)), **paths)
 
     other_tokenizer = tmp_path / "other_tokenizer"
-    GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=1, n_head=1, n_embd=8)).save(other_tokenizer)
+    save_model(GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=1, n_head=1, n_embd=8)), other_tokenizer)
     (other_tokenizer / "train_manifest.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": V}))
     with pytest.raises(PipelineError, match="data tokenized with 'char' but train.init_from .* uses 'gpt2'"):
         train(0, ModelConfig(**TINY), cfg(init_from=str(other_tokenizer)), **paths)
@@ -311,7 +311,7 @@ TINY_LLAMA = dict(arch="llama", preset=None, n_layer=2, n_head=4, n_kv_head=2, n
 def test_llama_layout_trains_resumes_and_continues(tmp_path, capsys, monkeypatch):
     """`model.arch: llama` goes through the same trainer: it learns, resumes bit for bit, and a
     trained Llama folder is an `init_from` for continued pretraining."""
-    from model.gpt import load_any
+    from model.folders import load_any
     from model.llama import Llama
 
     paths = make_data(tmp_path / "d")

@@ -217,7 +217,7 @@ def test_model_side_params_fail_at_load(tmp_path, edit, key):
 
 
 def test_a_recipe_names_the_layer_switches_and_each_switch_overrides_it():
-    from pipeline.config import RECIPES, ModelConfig
+    from model.config import RECIPES, ModelConfig
 
     assert ModelConfig().layers() == RECIPES["classic"]
     assert ModelConfig(recipe="modern").layers() == RECIPES["modern"]
@@ -235,3 +235,16 @@ def test_the_default_params_switch_to_the_llama_layout_with_two_keys(tmp_path):
     params["model"].update(arch="llama", preset="llama-cpu")
     loaded = load_params(write(tmp_path, params))
     assert loaded.model.arch == "llama" and loaded.model.layers() == {}
+
+
+def test_the_paths_dvc_tracks_must_be_written_out(tmp_path):
+    """dvc.yaml interpolates `${train.init_from}` and the like, which DVC finds only in params.yaml
+    itself: a missing one is one line naming it and what to write."""
+    from pipeline.config import TRACKED_PATHS
+
+    for key in TRACKED_PATHS:
+        params = default_params()
+        section, name = key.split(".")
+        del params[section][name]
+        with pytest.raises(ConfigError, match=rf"missing key '{key}' \(dvc.yaml tracks the path it names; write it out, e.g. {key}: "):
+            load_params(write(tmp_path, params))

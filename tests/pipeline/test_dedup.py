@@ -7,7 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.config import ConfigError, DedupConfig, NearDedupConfig, SplitConfig, from_dict
+from pipeline.config import DedupConfig, NearDedupConfig, SplitConfig
+from pipeline.errors import ConfigError
+from pipeline.typed import from_dict
 from pipeline.dedup import Clusters, Corpus, band_keys, cluster_texts, dedup, shingles
 from pipeline.errors import PipelineError
 from pipeline.io import read_json

@@ -8,12 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.config import from_dict, Params
+from pipeline.config import Params
+from pipeline.typed import from_dict
 from pipeline.errors import PipelineError
 from pipeline.mixsearch import (
     parse_target, plan_runs, proxy_overrides, sample_mixtures, search, verify_candidates, verify_report, verify_runs,
 )
-from pipeline.replicate import queue_command
+from pipeline.replicate import exp_command
 
 NAMES = ["code", "docs", "prose"]
 OPTIMUM = np.array([0.5, 0.2, 0.3])
@@ -67,9 +68,9 @@ def test_proxies_scale_steps_tokens_and_data_and_anchors_are_replicated():
     assert names[6:] == [f"mixsearch-0-{a}-s{s}" for a in ("uniform", "current") for s in (7, 8, 9)]
     assert all("seed" not in changes for _, changes in runs[:6]), "sampled mixtures share the params' seed"
     assert runs[6][1]["mix.weights.code"] == 0.333 and runs[9][1]["mix.weights.code"] == 0.5
-    command = queue_command(*runs[0]) + ["evaluate"]
+    command = exp_command(*runs[0], present={"mix.train_tokens"}) + ["evaluate"]
     assert command[:6] == ["dvc", "exp", "run", "--queue", "-n", "mixsearch-0-00"] and command[-1] == "evaluate"
-    assert "mix.data_fraction=0.25" in command and "model.preset='cpu-tiny'" in command
+    assert "+mix.data_fraction=0.25" in command and "mix.train_tokens=250000" in command and "+model.preset='cpu-tiny'" in command
     two = sample_mixtures({"code": 0.7, "prose": 0.3}, 5, seed=0, concentration=2.0)
     assert [m["code"] for m in two] == [0.05, 0.275, 0.5, 0.725, 0.95], "two sources: a grid"
     with pytest.raises(PipelineError, match="at least two sources"):

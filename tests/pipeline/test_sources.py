@@ -153,7 +153,7 @@ def test_package_docs_are_the_installed_packages_readmes():
 
 
 def test_snapshot_needs_a_pinned_hub_revision():
-    from pipeline.config import from_dict
+    from pipeline.typed import from_dict
 
     with pytest.raises(ConfigError, match="pinned revision"):
         from_dict(SnapshotConfig, {"format": "hf", "path": "someone/some-dataset"}, "snapshots.web")

@@ -235,3 +235,13 @@ def test_hf_tokenizer_folder_errors_name_the_key(tmp_path):
     with pytest.raises(PipelineError, match="no end-of-text token"):
         build_vocab(TokenizerConfig(name="hf", path=str(folder)), [], tmp_path / "vocab")
     assert not (tmp_path / "vocab").exists()
+
+
+def test_a_models_chat_template_file_is_copied(tmp_path):
+    """transformers 5 writes the chat template to chat_template.jinja, not into tokenizer_config.json."""
+    folder = write_hf_model_tokenizer(tmp_path / "m", sentencepiece=False)
+    (folder / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}<|im_end|>{% endfor %}")
+    (folder / "README.md").write_text("a model card")
+    build_vocab(TokenizerConfig(name="hf", path=str(folder)), [], tmp_path / "vocab")
+    assert (tmp_path / "vocab/chat_template.jinja").read_bytes() == (folder / "chat_template.jinja").read_bytes()
+    assert not (tmp_path / "vocab/README.md").exists(), "only the tokenizer's files are copied"

@@ -1,0 +1,1 @@
+"""The `tinygpt` command (tinygpt/cli.py) and the small-run profile (tinygpt/small.py)."""
