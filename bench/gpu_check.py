@@ -18,6 +18,9 @@
    CPU; on CUDA non-deterministic kernels may leave a little).
 5. generation: batch-1 greedy decoding with the KV cache, GPT-2 124M with random weights (fp32,
    TF32 matmuls), ours against transformers' GPT2LMHeadModel.generate on the same weights.
+6. fsdp: `train.parallel: fsdp` (FSDP2, AdamW) under torchrun over every GPU (2 processes with
+   --cpu), killed right after its first sharded checkpoint and run again, against one
+   uninterrupted sharded run: the largest weight difference of the gathered final models.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ SIZES = {
                  {"model": dict(preset=None, n_layer=2, n_head=2, n_embd=32), "block": 64, "vocab": 512, "batch": 2, "steps": 2}),
     "torchrun": ({"model": dict(preset=None, n_layer=4, n_head=4, n_embd=256), "block": 256, "batch": 32, "steps": 40, "every": 10},
                  {"model": dict(preset=None, n_layer=2, n_head=2, n_embd=32), "block": 32, "batch": 4, "steps": 12, "every": 4}),
+    "fsdp": ({"model": dict(preset=None, n_layer=4, n_head=4, n_embd=256), "block": 256, "batch": 32, "steps": 40, "every": 10},
+             {"model": dict(preset=None, n_layer=2, n_head=2, n_embd=32), "block": 32, "batch": 4, "steps": 12, "every": 4}),
     "generation": ({"model": dict(preset="gpt2"), "vocab": 50257, "block": 1024, "new": 200},
                    {"model": dict(preset=None, n_layer=2, n_head=2, n_embd=32), "vocab": 512, "block": 64, "new": 24}),
 }
@@ -77,12 +82,13 @@ def env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled", "WANDB_SILENT": "true"}
 
 
-def launch(spec: dict, tmp: Path, name: str, torchrun: bool = False, watch=None) -> subprocess.CompletedProcess | None:
-    """Run RUNNER on `spec` in a fresh process (under a 1-process torchrun when asked). `watch`:
+def launch(spec: dict, tmp: Path, name: str, torchrun: bool = False, watch=None, processes: int = 1) -> subprocess.CompletedProcess | None:
+    """Run RUNNER on `spec` in a fresh process (under a torchrun of `processes` when asked). `watch`:
     a function polled while it runs; when it returns True the process is killed (SIGKILL)."""
     (tmp / "runner.py").write_text(RUNNER)
     (tmp / f"{name}.json").write_text(json.dumps(spec))
-    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"] if torchrun else [sys.executable]
+    prefix = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if torchrun
+              else [sys.executable])
     cmd = [*prefix, str(tmp / "runner.py"), str(tmp / f"{name}.json"), str(ROOT)]
     if watch is None:
         out = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True)
@@ -201,28 +207,31 @@ def sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def check_torchrun(device: str, size: dict, tmp: Path) -> dict:
+def check_torchrun(device: str, size: dict, tmp: Path, parallel: str = "ddp", processes: int = 1) -> dict:
+    """A torchrun job killed after its first checkpoint and run again, against an uninterrupted one."""
     from safetensors.torch import load_file
 
     data = make_char_data(tmp / "chars-torchrun", size["block"])
-    train = dict(device=device, batch_size=size["batch"], max_iters=size["steps"], lr=1e-3, min_lr=1e-4, warmup_iters=2,
-                 optimizer="muon", eval_interval=size["every"], eval_blocks=8, checkpoint_interval=size["every"],
-                 log_interval=size["every"], peak_flops=-1.0)
+    train = dict(device=device, batch_size=size["batch"] // processes, max_iters=size["steps"], lr=1e-3, min_lr=1e-4,
+                 warmup_iters=2, optimizer="muon" if parallel == "ddp" else "adamw", parallel=parallel, eval_interval=size["every"],
+                 eval_blocks=8, checkpoint_interval=size["every"], log_interval=size["every"], peak_flops=-1.0)
     model = dict(size["model"], dropout=0.0, recipe="modern")
     whole = {"seed": 0, "model": model, "train": train, "paths": paths(data, tmp, "whole")}
     start = time.perf_counter()
-    launch(whole, tmp, "torchrun-whole", torchrun=True)
+    launch(whole, tmp, "torchrun-whole", torchrun=True, processes=processes)
     resumed = {"seed": 0, "model": model, "train": train, "paths": paths(data, tmp, "resumed")}
     checkpoints = Path(resumed["paths"]["checkpoint_dir"])
-    launch(resumed, tmp, "torchrun-killed", torchrun=True, watch=lambda: any(checkpoints.glob("step-*/train_state.pt")))
+    launch(resumed, tmp, "torchrun-killed", torchrun=True, processes=processes,
+           watch=lambda: any(checkpoints.glob("step-*/train_state.pt")))
     killed_at = sorted(p.name for p in checkpoints.glob("step-*"))
     finished_early = Path(resumed["paths"]["out_dir"]).exists()
-    launch(resumed, tmp, "torchrun-resumed", torchrun=True)
+    launch(resumed, tmp, "torchrun-resumed", torchrun=True, processes=processes)
     a = load_file(str(Path(whole["paths"]["out_dir"]) / "model.safetensors"))
     b = load_file(str(Path(resumed["paths"]["out_dir"]) / "model.safetensors"))
     diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-    return {"backend": "nccl" if device == "cuda" else "gloo", "killed_after": killed_at, "interrupted": not finished_early,
-            "max_weight_difference": diff, "identical": diff == 0.0, "wall_s": time.perf_counter() - start}
+    return {"backend": "nccl" if device == "cuda" else "gloo", "processes": processes, "killed_after": killed_at,
+            "interrupted": not finished_early, "max_weight_difference": diff, "identical": diff == 0.0,
+            "wall_s": time.perf_counter() - start}
 
 
 def check_generation(device: str, size: dict, tmp: Path) -> dict:
@@ -284,6 +293,7 @@ def main(argv=None) -> None:
         "recipe": lambda s, tmp: check_recipe(device, s, tmp),
         "doc_mask": lambda s, tmp: check_doc_mask(device, s),
         "torchrun": lambda s, tmp: check_torchrun(device, s, tmp),
+        "fsdp": lambda s, tmp: check_torchrun(device, s, tmp, "fsdp", torch.cuda.device_count() if device == "cuda" else 2),
         "generation": lambda s, tmp: check_generation(device, s, tmp),
     }
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
@@ -329,9 +339,9 @@ def table(r: dict) -> str:
                 lines.append(f"| doc mask, {k} | {f(v[k].get('ms_per_step'), '.1f')} ms/step, {f(v[k].get('peak_memory_gb'), '.2f')} GB, "
                              f"loss {v[k]['loss']:.4f} {v[k].get('note', '')} |")
             lines.append(f"| doc mask, flex vs dense loss | {v['loss_difference']:.2e} |")
-        elif name == "torchrun":
-            lines.append(f"| torchrun ({v['backend']}) resume | interrupted {v['interrupted']}, max weight difference "
-                         f"{v['max_weight_difference']:.2e} |")
+        elif name in ("torchrun", "fsdp"):
+            lines.append(f"| {name} ({v['backend']}, {v['processes']} processes) resume | interrupted {v['interrupted']}, "
+                         f"max weight difference {v['max_weight_difference']:.2e} |")
         elif name == "generation":
             lines.append(f"| generation, tokens/s | ours {v['ours']['tokens_per_s']:.1f}, transformers "
                          f"{v['transformers']['tokens_per_s']:.1f}, same tokens {v['same_tokens']:.0%} |")

@@ -1,6 +1,6 @@
 """The data pipeline at scale (issue: data at real scale): time, memory and disk of `dvc repro`.
 
-    python bench/pipeline_bench.py --mb 200 1000 [--work DIR] [--nanogpt] [--json OUT]
+    python bench/pipeline_bench.py --mb 200 1000 [--work DIR] [--nanogpt] [--executor ray] [--json OUT]
 
 For each size, a JSONL corpus from `bench/corpus.py` (two sources, `code` and `prose`, ~3 KB
 documents) and a fresh copy of the project whose params read it (GPT-2 BPE, val 1%, context 1024,
@@ -13,6 +13,8 @@ concat, a 0.5/0.5 mixture of about one epoch). Then, all through DVC and timed f
 - `dvc repro -f pack`: the whole data pipeline again with DVC's hash cache warm;
 - disk: `data/` + `.dvc/cache` (hard links counted once) against the token store's bytes;
 - with `--nanogpt`, `bench/nanogpt_prepare.py` on the same files (cold datasets cache).
+With `--executor ray`, the stages that run tasks (scan, tokenize, dedup) run them on the Ray
+cluster `ray start --head` runs on this machine (`executor: {kind: ray, address: auto}`).
 Prints a markdown table per size; `--json` also writes every number.
 """
 
@@ -35,8 +37,9 @@ from machine import load  # noqa: E402
 BYTES_PER_TOKEN = 2.7  # of this corpus with GPT-2's BPE, to size the mixture at about one epoch
 
 
-def params_for(corpus: Path, mb: float, weights: dict[str, float]) -> dict:
+def params_for(corpus: Path, mb: float, weights: dict[str, float], executor: str = "local") -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["executor"] = {"kind": executor, "workers": 0, "address": "auto"}
     params["sources"] = {name: {"format": "jsonl", "path": str(corpus / f"{name}.jsonl")} for name in ("code", "prose")}
     params["snapshots"] = {}
     params["tokenizer"] = {"name": "gpt2", "path": "models/README.md"}
@@ -50,12 +53,13 @@ def store_bytes(repo: Path) -> int:
     return sum(p.stat().st_size for p in (repo / "data/tokens").glob("*/tokens-*.bin"))
 
 
-def bench_size(mb: float, work: Path, nanogpt: bool) -> dict:
+def bench_size(mb: float, work: Path, nanogpt: bool, executor: str = "local") -> dict:
     corpus = work / f"corpus-{mb:g}"
     if not (corpus / "prose.jsonl").is_file():
         build_jsonl(corpus, mb)
-    repo = make_repo(work / f"repo-{mb:g}", params_for(corpus, mb, {"code": 0.5, "prose": 0.5}))
-    result = {"mb": mb, "corpus_bytes": sum(p.stat().st_size for p in corpus.glob("*.jsonl")), "load_before": load()}
+    repo = make_repo(work / f"repo-{mb:g}-{executor}", params_for(corpus, mb, {"code": 0.5, "prose": 0.5}, executor))
+    result = {"mb": mb, "executor": executor, "corpus_bytes": sum(p.stat().st_size for p in corpus.glob("*.jsonl")),
+              "load_before": load()}
     first = timed(["dvc", "repro", "pack"], repo)
     result["first"] = {"wall": first.wall, "stages": first.stages, "peak_mb": first.peak_mb, "worker_peak_mb": first.worker_peak_mb}
     status = subprocess.run(["dvc", "status", "pack"], cwd=repo, capture_output=True, text=True).stdout
@@ -94,8 +98,8 @@ def report(r: dict) -> str:
     worker = max(r["first"]["worker_peak_mb"].values(), default=0.0)
     rows = [
         ("corpus", f"{r['corpus_bytes'] / 1e6:.0f} MB JSONL, {r['docs']:,} documents, {r['tokens'] / 1e6:.1f}M tokens"),
-        ("`dvc repro pack`, from scratch", f"{r['first']['wall']:.1f} s (tokenize {tokenize:.1f}, split {split:.1f}, "
-         f"mix {stages.get('mix', 0):.1f}, pack {stages.get('pack', 0):.1f})"),
+        ("`dvc repro pack`, from scratch", f"{r['first']['wall']:.1f} s (tokenize {tokenize:.1f}, dedup {stages.get('dedup', 0):.1f}, "
+         f"split {split:.1f}, mix {stages.get('mix', 0):.1f}, pack {stages.get('pack', 0):.1f}; executor {r.get('executor', 'local')})"),
         ("tokenize throughput (both sources, DVC included)", f"{r['text_bytes'] / 1e6 / tokenize:.1f} MB/s"),
         ("`dvc repro -f pack` (DVC hash cache warm)", f"{r['forced']['wall']:.1f} s"),
         ("mixture swap (`dvc repro pack` after a weight change)", f"{r['swap']['wall']:.2f} s (mix {r['swap']['stages'].get('mix', 0):.2f}, pack {r['swap']['stages'].get('pack', 0):.2f})"),
@@ -118,13 +122,14 @@ def main() -> None:
     p.add_argument("--mb", type=float, nargs="+", default=[200, 1000])
     p.add_argument("--work", type=Path, default=Path("/tmp/tinygpt-pipeline-bench"))
     p.add_argument("--nanogpt", action="store_true", help="also time nanoGPT's prepare.py recipe")
+    p.add_argument("--executor", choices=("local", "ray"), default="local", help="where scan, tokenize and dedup run their tasks")
     p.add_argument("--json", type=Path, help="write all numbers here")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     results = []
     for mb in args.mb:
         started = time.perf_counter()
-        results.append(bench_size(mb, args.work, args.nanogpt))
+        results.append(bench_size(mb, args.work, args.nanogpt, args.executor))
         print(f"\n### {mb:g} MB ({time.perf_counter() - started:.0f} s of benchmark)\n\n{report(results[-1])}\n", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

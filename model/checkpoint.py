@@ -63,13 +63,24 @@ def save_checkpoint(checkpoint_dir: Path, model, state: dict, manifest: dict) ->
     """Write `step-N/` beside the old one via a temp folder + rename, then drop the older ones."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir / f"step-{state['step']:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=checkpoint_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=checkpoint_dir))
     try:
         write_ours(model, tmp)
         torch.save(state, tmp / STATE_FILE)
         write_json(tmp / TRAIN_MANIFEST_FILE, manifest)
-        for f in tmp.iterdir():
-            _fsync(f)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return publish_checkpoint(checkpoint_dir, tmp, final)
+
+
+def publish_checkpoint(checkpoint_dir: Path, tmp: Path, final: Path) -> Path:
+    """Put the complete checkpoint folder `tmp` in place as `final` (synced to disk first), then drop
+    every other entry of `checkpoint_dir`: older checkpoints and debris of killed runs."""
+    try:
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                _fsync(f)
         if final.exists():
             os.replace(final, checkpoint_dir / f".trash-{final.name}-{os.getpid()}")
         os.replace(tmp, final)

@@ -112,6 +112,7 @@ class TrainConfig:
     grad_accum: int = limit(1, at_least=1)  # micro-batches per optimizer step
     max_iters: int = limit(2000, at_least=1)  # optimizer steps
     optimizer: Literal["adamw", "muon"] = "adamw"  # adamw | muon (Muon for the hidden matrices, AdamW at `lr` for embeddings, output layer, gains, biases)
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: ddp (a full copy per process) | fsdp (FSDP2: weights, gradients, optimizer state sharded)
     lr: float = limit(1e-3, above=0.0)  # peak learning rate (of AdamW's parameters)
     min_lr: float = limit(1e-4, at_least=0.0)  # cosine decays to this; at most lr (Muon's LR decays by the same factor)
     warmup_iters: int = limit(100, at_least=0)  # linear warmup steps
@@ -141,6 +142,9 @@ class TrainConfig:
     def validate(self, key: str) -> None:
         if self.min_lr > self.lr:
             raise ConfigError(f"{key}.min_lr ({self.min_lr}) must be at most {key}.lr ({self.lr})")
+        if self.parallel == "fsdp" and self.optimizer == "muon":
+            raise ConfigError(f"{key}.optimizer: muon does not run under {key}.parallel: fsdp (its orthogonalisation needs whole "
+                              "matrices, the shards are row slices); use adamw")
         if self.doc_mask_kernel == "flex" and self.device == "cpu":
             raise ConfigError(f"{key}.doc_mask_kernel: flex attention cannot train on cpu (torch has no CPU backward for it); use auto or dense")
 

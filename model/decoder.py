@@ -84,8 +84,8 @@ class Decoder(nn.Module):
     """A decoder-only language model. A subclass sets CONFIG (its config class), ARCH (the "arch"
     of our model_config.json), EMBEDDING (the token embedding's parameter name, which a tied output
     layer shares) and FUSED (Linear layers that stack several matrices, by name suffix), and defines
-    `config`, `lm_head`, `_hidden`, `_new_caches`, `num_params`, `flops_per_token` and, if it has
-    computed buffers, `fresh_buffers`.
+    `config`, `lm_head`, `blocks` (the transformer blocks, what FSDP shards one by one), `_hidden`,
+    `_new_caches`, `num_params`, `flops_per_token` and, if it has computed buffers, `fresh_buffers`.
 
     `doc_mask_kernel` (auto | flex | dense; model/layers.py) says how document masking is computed;
     it is a runtime choice, not part of the checkpoint.

@@ -178,6 +178,9 @@ class GPT(Decoder):
             if name.endswith("c_proj.weight"):  # projections back into the residual stream
                 nn.init.zeros_(p) if config.zero_init else nn.init.normal_(p, mean=0.0, std=residual_std)
 
+    def blocks(self) -> nn.ModuleList:
+        return self.transformer.h
+
     def fresh_buffers(self, device) -> dict[str, torch.Tensor]:
         c = self.config
         return {"inv_freq": rope_frequencies(c.n_embd // c.n_head, c.rope_theta, device=device)} if c.positions == "rope" else {}

@@ -193,6 +193,9 @@ class Llama(Decoder):
         c = self.config
         return rope_frequencies(c.head_dim, c.rope_theta, c.rope_scaling, device)  # (hs/2,)
 
+    def blocks(self) -> nn.ModuleList:
+        return self.model.layers
+
     def fresh_buffers(self, device) -> dict[str, torch.Tensor]:
         return {"inv_freq": self._frequencies(device)}
 

@@ -1,7 +1,7 @@
 """The optimizer side, one for pretraining and fine-tuning: AdamW, Muon, the LR schedule, and the step.
 
 `optimizer_step` is the only place where a model learns: set the LRs, forward under autocast and
-backward over the micro-batches (DDP synchronises gradients on the last one only), clip, step. It
+backward over the micro-batches (DDP and FSDP reduce gradients on the last one only), clip, step. It
 returns the loss and the gradient norm as tensors on the device, so nothing waits for the host;
 `check_finite` reads them back where the caller syncs anyway (the trainer: every `log_interval`).
 
@@ -215,7 +215,7 @@ def optimizer_step(
     loss_sum = torch.zeros((), device=device)
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        with runner.no_sync() if d.launched and not last else contextlib.nullcontext():
+        with gradient_sync(runner, on=last or not d.launched):
             with autocast():
                 _, loss = runner(batch["inputs"], targets=batch["targets"], loss_mask=batch["loss_mask"],
                                  segment_ids=batch.get("segment_ids"))
@@ -223,10 +223,20 @@ def optimizer_step(
         loss_sum += loss.detach().float()
     grad_norm = torch.zeros((), device=device)
     if grad_clip > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_(runner.parameters(), grad_clip).float()
+        norm = torch.nn.utils.clip_grad_norm_(runner.parameters(), grad_clip)
+        grad_norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).float()  # FSDP: a DTensor
     optimizer.step()
     optimizer.zero_grad()
     return loss_sum / len(micro_batches), grad_norm
+
+
+def gradient_sync(runner: torch.nn.Module, on: bool) -> contextlib.AbstractContextManager:
+    """Whether this backward reduces gradients over the processes: DDP's `no_sync()` when off; FSDP2
+    modules carry the switch themselves (`set_requires_gradient_sync`); a single process has nothing to sync."""
+    if hasattr(runner, "set_requires_gradient_sync"):
+        runner.set_requires_gradient_sync(on)
+        return contextlib.nullcontext()
+    return contextlib.nullcontext() if on or not hasattr(runner, "no_sync") else runner.no_sync()
 
 
 def check_finite(loss: float, grad_norm: float, where: str, first_step: int, last_step: int, lr: Optional[float] = None) -> None:

@@ -50,10 +50,15 @@ def resolve_device(name: str) -> torch.device:
         raise PipelineError(f"device '{name}': not a device (use cpu, cuda, cuda:N or auto)") from None
 
 
+def uses_bf16(device: torch.device, precision: str = "auto") -> bool:
+    """Whether `precision` computes in bf16 on `device`: auto is bf16 on CUDA and fp32 on CPU (bf16 on
+    a CPU pays only where its matmuls are fast: bench/README.md), bf16 on either, fp32 never."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 def autocast_for(device: torch.device, precision: str = "auto") -> Callable[[], contextlib.AbstractContextManager]:
-    """The autocast context of `precision`: auto is bf16 on CUDA and fp32 on CPU (bf16 on a CPU pays
-    only where its matmuls are fast: bench/README.md), bf16 autocasts on either, fp32 never."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    """The autocast context of `precision` (`uses_bf16`)."""
+    if uses_bf16(device, precision):
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 

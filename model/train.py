@@ -5,9 +5,10 @@
 stores) and writes
 - `data/model/`: the final model (`model.safetensors`, `model_config.json`), a copy of
   `data/vocab` as `tokenizer/`, and the train data's manifest as `train_manifest.json`;
-- `data/checkpoints/step-NNNNNNNN/`: the latest checkpoint (`model.checkpoint`). A new run with the
-  same fingerprint (params that change the math, world size, data manifests, code) resumes from it
-  and ends with the same weights, bit for bit on CPU, as an uninterrupted run;
+- `data/checkpoints/step-NNNNNNNN/`: the latest checkpoint (`model.checkpoint`; sharded under FSDP,
+  `model.shard`). A new run with the same fingerprint (params that change the math, the global
+  batch, data manifests, code) resumes from it and ends with the same weights, bit for bit on CPU,
+  as an uninterrupted run; the number of processes may change if the global batch stays;
 - the metrics of `model.metrics`: DVCLive in `metrics/train/`, the timing file, a W&B run.
 
 Data order and prefetching: `model.stream`. The optimizer (AdamW, or Muon + AdamW): `model.optim`.
@@ -36,9 +37,10 @@ from model.layers import resolve_doc_mask_kernel
 from model.metrics import Tracker, manifest_hashes, mixture_tags, run_config
 from model.optim import Optimizers, adamw, check_finite, muon, optimizer_step, warmup_cosine
 from model.runtime import (
-    Dist, all_reduce_sum, autocast_for, gather, init_distributed, peak_flops, prepare, set_threads, shutdown,
+    Dist, all_reduce_sum, autocast_for, gather, init_distributed, peak_flops, prepare, set_threads, shutdown, uses_bf16,
 )
 from model.scoring import block_losses, check_compatible, folder_tokenizer, load_val_sets, spread_rows, tokenizer_name
+from model.shard import gathered, load_sharded, on_rank0, save_sharded, shard
 from model.stream import BlockOrder, Position, Prefetcher
 from pipeline.blocks import Blocks, load_blocks
 from pipeline.commands import stage_arguments
@@ -131,11 +133,14 @@ def build_model(seed: int, model_cfg: ModelConfig, cfg: TrainConfig, manifest: d
     return model
 
 
-def run_fingerprint(seed: int, model_cfg: ModelConfig, cfg: TrainConfig, data_hashes: dict[str, str], world: int) -> str:
-    """What a checkpoint must share with this run to be resumed (see `model.checkpoint.fingerprint`)."""
-    train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPERATIONAL_KEYS}
+def run_fingerprint(seed: int, model_cfg: ModelConfig, cfg: TrainConfig, data_hashes: dict[str, str], world: int, sharded: bool) -> str:
+    """What a checkpoint must share with this run to be resumed (see `model.checkpoint.fingerprint`):
+    the global batch (batch_size x processes: each step reads the same blocks whatever their
+    split), not the number of processes, and whether it is sharded (another checkpoint format)."""
+    train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPERATIONAL_KEYS + ("batch_size", "parallel")}
     root = Path(__file__).resolve().parent.parent
-    parts = {"seed": seed, "model": dataclasses.asdict(model_cfg), "train": train, "data": data_hashes, "world": world}
+    parts = {"seed": seed, "model": dataclasses.asdict(model_cfg), "train": train, "data": data_hashes,
+             "global_batch": cfg.batch_size * world, "sharded": sharded}
     return fingerprint(parts, [root / f for f in TRAJECTORY_CODE], cfg.start_folder)
 
 
@@ -216,6 +221,7 @@ class Run:
     meter: Optional[Throughput] = None
     window: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # on the device: summed step losses, largest grad norm
     window_start: int = 0  # the first step (0-based) of the window
+    sharded: bool = False  # FSDP: the model's and optimizer's tensors are shards (model.shard)
 
     def resume(self) -> None:
         """Continue from the latest checkpoint of this fingerprint, if there is one."""
@@ -223,8 +229,11 @@ class Run:
         if found is None:
             return
         path, state = found
-        self.model.load_state_dict(read_ours(path, map_location=self.device).state_dict())
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            load_sharded(path, self.model, self.optimizer.optimizers["adamw"])
+        else:
+            self.model.load_state_dict(read_ours(path, map_location=self.device).state_dict())
+            self.optimizer.load_state_dict(state["optimizer"])
         rngs = state["rng"]
         set_rng_state(rngs[self.d.rank] if self.d.rank < len(rngs) else rngs[0], self.device)
         self.pos = Position(**state["position"])
@@ -233,12 +242,13 @@ class Run:
         self.print_fn(f"train: resuming from {path} (step {self.pos.step})")
 
     def prepare_runner(self) -> None:
-        """Pick the document-mask kernel, compile (static shapes) and wrap for DDP as configured;
-        start the batch prefetcher and the throughput meter."""
+        """Pick the document-mask kernel, compile (static shapes) and wrap for DDP as configured (a
+        sharded model is its own runner: its blocks were compiled before sharding); start the batch
+        prefetcher and the throughput meter."""
         self.model.doc_mask_kernel = resolve_doc_mask_kernel(self.cfg.doc_mask_kernel, self.device, self.model.config.dropout)
-        runner = torch.compile(self.model, dynamic=False) if self.cfg.compile else self.model
+        runner = torch.compile(self.model, dynamic=False) if self.cfg.compile and not self.sharded else self.model
         self.eval_model = runner
-        if self.d.launched:
+        if self.d.launched and not self.sharded:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             runner = DDP(runner, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -286,16 +296,18 @@ class Run:
         self.window, self.window_start = None, self.pos.step
 
     def evaluate(self) -> None:
-        """Loss on `eval_blocks` blocks spread over every val set (ranks split the rows)."""
+        """Loss on `eval_blocks` blocks spread over every val set (ranks split the rows; a sharded model
+        runs collectives in every forward, so there every rank scores every row)."""
         self.meter.stop()
         sums = torch.zeros(max(1, len(self.data.val)), 2, dtype=torch.float64, device=self.device)
         doc_mask = bool(self.model.config.doc_mask)
         for i, (name, blocks) in enumerate(self.data.val.items()):
-            rows = spread_rows(len(blocks), self.cfg.eval_blocks)[self.d.rank :: self.d.world]
+            rows = spread_rows(len(blocks), self.cfg.eval_blocks)
+            rows = rows if self.sharded else rows[self.d.rank :: self.d.world]
             losses, counts, _ = block_losses(self.eval_model, blocks, rows, self.cfg.batch_size, self.device, doc_mask,
                                              precision=self.cfg.precision)
             sums[i, 0], sums[i, 1] = float(losses.sum()), int(counts.sum())
-        totals = all_reduce_sum(sums, self.d).cpu().tolist()
+        totals = (sums if self.sharded else all_reduce_sum(sums, self.d)).cpu().tolist()
         per_source = {name: (s / c if c else float("nan")) for name, (s, c) in zip(self.data.val, totals)}
         total, count = sum(s for s, _ in totals), sum(c for _, c in totals)
         overall = total / count if count else float("nan")
@@ -311,13 +323,12 @@ class Run:
         if self.window is not None:
             self.window_values()
         rngs = gather(rng_state(self.device), self.d)
-        if self.d.main:
-            state = {
-                "format": STATE_FORMAT, "fingerprint": self.fingerprint, "step": self.pos.step,
-                "position": dataclasses.asdict(self.pos), "optimizer": self.optimizer.state_dict(), "rng": rngs,
-                "history": self.tracker.state(),
-            }
-            save_checkpoint(self.checkpoint_dir, self.model, state, self.data.manifest)
+        state = {"format": STATE_FORMAT, "fingerprint": self.fingerprint, "step": self.pos.step,
+                 "position": dataclasses.asdict(self.pos), "rng": rngs, "history": self.tracker.state()}
+        if self.sharded:  # every rank writes its shards of the model and optimizer
+            save_sharded(self.checkpoint_dir, self.model, self.optimizer.optimizers["adamw"], state, self.data.manifest, self.d)
+        elif self.d.main:
+            save_checkpoint(self.checkpoint_dir, self.model, {**state, "optimizer": self.optimizer.state_dict()}, self.data.manifest)
         self.meter.start()
 
     def summary(self) -> dict:
@@ -370,11 +381,18 @@ def _train(d, device, seed, model_cfg, cfg, tracker, *, train_dir, val_dir, out_
     set_threads(cfg.threads, d)
     prepare(device)
     data = load_data(train_dir, val_dir, vocab_dir)
-    model = build_model(seed, model_cfg, cfg, data.manifest, train_dir).to(device)
+    sharded = cfg.parallel == "fsdp" and d.launched
+    if sharded:
+        full, network, config = on_rank0(lambda: build_model(seed, model_cfg, cfg, data.manifest, train_dir), d)
+        model = shard(full, network, config, device, uses_bf16(device, cfg.precision) and device.type == "cuda", cfg.compile)
+        del full
+    else:
+        model = build_model(seed, model_cfg, cfg, data.manifest, train_dir).to(device)
     optimizer = build_optimizer(model, cfg, device)
     torch.manual_seed(seed + d.rank)  # dropout
     run = Run(d, device, seed, cfg, data, model, optimizer, tracker, checkpoint_dir,
-              run_fingerprint(seed, model_cfg, cfg, data.hashes, d.world), tqdm.write if d.main else (lambda *_: None))
+              run_fingerprint(seed, model_cfg, cfg, data.hashes, d.world, sharded), tqdm.write if d.main else (lambda *_: None),
+              sharded=sharded)
     run.resume()
     tracker.start(run.fingerprint)
     run.prepare_runner()
@@ -398,9 +416,10 @@ def _train(d, device, seed, model_cfg, cfg, tracker, *, train_dir, val_dir, out_
                     run.checkpoint()
         finally:
             run.stream.close()
+    whole = gathered(model, d) if sharded else model
     if d.main:
         with atomic_dir(out_dir) as tmp:
-            write_ours(model, tmp, vocab_dir)
+            write_ours(whole, tmp, vocab_dir)
             write_json(tmp / TRAIN_MANIFEST_FILE, data.manifest)
     summary = run.summary()
     tracker.finish(summary, run.meter.timing(d.world))

@@ -23,6 +23,8 @@ PARAMS_FILE = "params.yaml"
 # Params naming a path that a stage reads: dvc.yaml lists them as deps (`${train.init_from}`), and DVC
 # interpolates only keys params.yaml spells out, so these must be written even where the default is meant.
 TRACKED_PATHS = ("tokenizer.path", "train.init_from", "finetune.data", "finetune.init_from", "finetune.vocab")
+# Sections no stage's outputs depend on (where tasks run): no DVC param, so changing them re-runs nothing.
+UNTRACKED_SECTIONS = ("executor",)
 
 SourceFormat = Literal["text", "jsonl", "parquet", "hf"]
 SnapshotFormat = Literal["hf", "python-docs", "python-stdlib", "package-docs"]
@@ -129,6 +131,16 @@ class PackConfig:
 
 
 @dataclass
+class ExecutorConfig:
+    """Where tokenize, dedup and scan run their tasks. The outputs are the same, byte for byte, however
+    they run, so this section is no DVC param: switching never re-runs a stage (docs/cost.md)."""
+
+    kind: Literal["local", "ray"] = "local"  # local (a process pool on this machine) | ray (a Ray cluster; pip install -e ".[ray]")
+    workers: int = limit(0, at_least=0)  # tasks at once: 0 = this machine's cores (local) or one per CPU of the cluster (ray)
+    address: str = "auto"  # ray: the cluster to join, as ray.init(address=...): auto (the one `ray start` runs here), host:port, or local (a fresh one for each stage)
+
+
+@dataclass
 class Params:
     """The whole `params.yaml`. Stages take their own section from it."""
 
@@ -145,6 +157,7 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def validate(self, key: str) -> None:

@@ -20,7 +20,6 @@ reads one band at a time (16 bytes per document), plus a few int64 arrays per do
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 from dataclasses import asdict, dataclass
@@ -33,7 +32,7 @@ from pipeline.commands import stage_arguments
 from pipeline.config import DedupConfig, NearDedupConfig, load_params
 from pipeline.errors import cli
 from pipeline.io import atomic_dir, atomic_file, remove_dropped_sources, sha256_file, temp_prefix, write_json
-from pipeline.parallel import ordered_parallel_map
+from pipeline.parallel import Workers, ordered_parallel_map, workers_for
 from pipeline.paths import DEDUP_DIR, DEDUP_METRICS, DEDUP_REPORT, KEEP_FILE, MANIFEST_FILE, SPLIT_HASHES_FILE, TOKENS_DIR, VOCAB_DIR
 from pipeline.store import TokenStore
 from pipeline.tokenizer import Tokenizer, load_tokenizer
@@ -184,7 +183,7 @@ def _tasks(corpus: Corpus, docs: np.ndarray) -> Iterator[tuple[int, np.ndarray]]
             yield s, local[at : at + TASK_DOCS]
 
 
-def group_documents(corpus: Corpus, cfg: DedupConfig, vocab_dir: Path, workers: int, scratch: Path) -> tuple[np.ndarray, np.ndarray]:
+def group_documents(corpus: Corpus, cfg: DedupConfig, vocab_dir: Path, workers: int | Workers, scratch: Path) -> tuple[np.ndarray, np.ndarray]:
     """For each document: its exact group's first member and its final group's first member (the
     near cluster of its exact group when near dedup is enabled), both as global document numbers."""
     exact_first = np.empty(len(corpus), dtype=np.int64)
@@ -204,7 +203,7 @@ def group_documents(corpus: Corpus, cfg: DedupConfig, vocab_dir: Path, workers: 
     return exact_first, final_first
 
 
-def _near_roots(corpus: Corpus, docs: np.ndarray, cfg: NearDedupConfig, vocab_dir: Path, workers: int, scratch: Path) -> np.ndarray:
+def _near_roots(corpus: Corpus, docs: np.ndarray, cfg: NearDedupConfig, vocab_dir: Path, workers: int | Workers, scratch: Path) -> np.ndarray:
     """The first member of each of `docs`' near-duplicate clusters (band keys spilled to `scratch`)."""
     keys = np.lib.format.open_memmap(scratch / "band_keys.npy", mode="w+", dtype=np.uint64, shape=(cfg.bands, len(docs)))
     has_words = np.zeros(len(docs), dtype=bool)
@@ -224,7 +223,7 @@ def _near_roots(corpus: Corpus, docs: np.ndarray, cfg: NearDedupConfig, vocab_di
     return docs[clusters.roots()]
 
 
-def dedup(corpus: Corpus, cfg: DedupConfig, vocab_dir: Path, out_dir: Path, workers: int) -> tuple[dict, str]:
+def dedup(corpus: Corpus, cfg: DedupConfig, vocab_dir: Path, out_dir: Path, workers: int | Workers) -> tuple[dict, str]:
     """Write `keep.npy` and `split_hashes.npy` per source into `out_dir`; return the metrics and the report."""
     tokenizer = load_tokenizer(vocab_dir)
     # the scratch folder is named as a temp of `out_dir`, so the next run removes it if this one is killed
@@ -300,7 +299,7 @@ def main(argv: Optional[Sequence[str]] = None, workers: Optional[int] = None) ->
     names = list(params.sources)
     remove_dropped_sources(TOKENS_DIR, names, "dedup")
     corpus = Corpus(names, [TokenStore(TOKENS_DIR / n) for n in names])
-    metrics, text = dedup(corpus, params.dedup, VOCAB_DIR, DEDUP_DIR, workers or os.cpu_count() or 1)
+    metrics, text = dedup(corpus, params.dedup, VOCAB_DIR, DEDUP_DIR, workers or workers_for(params.executor))
     write_json(DEDUP_METRICS, metrics)
     with atomic_file(DEDUP_REPORT) as handle:
         handle.write(text)

@@ -1,8 +1,18 @@
-"""An ordered, bounded process pool: what the stages that read whole sources share."""
+"""An ordered, bounded map over worker processes: what the stages that read whole sources share.
+
+The workers are a process pool on this machine (`executor.kind: local`, the default) or the actors
+of a Ray cluster (`executor.kind: ray`: datatrove, NeMo Curator and DCLM scale out on Ray too).
+Either way the results come back in input order, so a stage writes the same bytes whatever runs
+it and however many workers there are; and a bounded number of tasks is in flight, so memory does
+not grow with the corpus. Ray is an optional extra (`pip install -e ".[ray]"`); its workers must
+import this project and read the sources at the same paths (storage every node sees).
+"""
 
 from __future__ import annotations
 
 import ctypes
+import functools
+import importlib
 import multiprocessing
 import os
 import signal
@@ -10,17 +20,43 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Optional
+
+from pipeline.config import ExecutorConfig
+from pipeline.errors import PipelineError
 
 MAX_PENDING_PER_WORKER = 4  # tasks in flight per worker: enough to keep it busy, few enough to bound memory
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 PARENT_POLL_SECONDS = 0.5  # how often a worker without PR_SET_PDEATHSIG looks for its parent
 
 
-def ordered_parallel_map(fn: Callable, items: Iterable, workers: int, initializer=None, initargs=()) -> Iterator:
-    """`map(fn, items)` over `workers` forked processes, in input order, with a bounded number of items
-    in flight (items are pulled from `items` only as results are taken). One worker: in this process.
-    The workers exit when this process dies, even by SIGKILL (see `_start_worker`)."""
+@dataclass(frozen=True)
+class Workers:
+    """Where a stage's tasks run: `count` forked processes on this machine, or with `ray_address`
+    `count` Ray actors of that cluster (0: one per CPU of the cluster)."""
+
+    count: int
+    ray_address: Optional[str] = None
+
+
+def workers_for(executor: ExecutorConfig) -> Workers:
+    """The params' `executor` section as Workers (local with 0 workers: this machine's cores)."""
+    if executor.kind == "ray":
+        return Workers(executor.workers, executor.address)
+    return Workers(executor.workers or os.cpu_count() or 1)
+
+
+def ordered_parallel_map(fn: Callable, items: Iterable, workers: int | Workers, initializer=None, initargs=()) -> Iterator:
+    """`map(fn, items)` over `workers` forked processes (or Ray actors: `ray_map`), in input order,
+    with a bounded number of items in flight (items are pulled from `items` only as results are
+    taken). One local worker: in this process. Forked workers exit when this process dies, even by
+    SIGKILL (see `_start_worker`)."""
+    workers = workers if isinstance(workers, Workers) else Workers(workers)
+    if workers.ray_address is not None:
+        yield from ray_map(fn, items, workers.count, initializer, initargs, workers.ray_address)
+        return
+    workers = workers.count
     if workers <= 1:
         if initializer is not None:
             initializer(*initargs)
@@ -67,3 +103,78 @@ def _exit_when_orphaned(parent_pid: int) -> None:
     while os.getppid() == parent_pid:
         time.sleep(PARENT_POLL_SECONDS)
     os._exit(1)
+
+
+class _Actor:
+    """A Ray worker: moves to the stage's working directory (the project, at the same path on every
+    node: relative paths such as data/vocab then mean the same), runs the caller's initializer once,
+    then tasks one at a time."""
+
+    def __init__(self, cwd: str, initializer, initargs):
+        os.chdir(cwd)
+        if initializer is not None:
+            initializer(*initargs)
+
+    def run(self, fn: Callable, item):
+        return fn(item)
+
+
+def ray_map(fn: Callable, items: Iterable, workers: int, initializer, initargs, address: str) -> Iterator:
+    """`map(fn, items)` over Ray actors, in input order, `MAX_PENDING_PER_WORKER` tasks per actor in
+    flight. `address`: the cluster to join (`auto`: the one `ray start` runs on this machine), or
+    `local` to start one for this call alone. The actors die with this process (Ray's ownership)."""
+    ray = import_ray()
+    started = not ray.is_initialized()
+    if started:
+        _join(ray, address, workers)
+    try:
+        count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actor = ray.remote(num_cpus=1)(_Actor)
+        fn, initializer = by_reference(fn), by_reference(initializer)
+        pool = ray.util.ActorPool([actor.remote(os.getcwd(), initializer, initargs) for _ in range(count)])
+        pending = 0
+        for item in items:
+            pool.submit(lambda a, value: a.run.remote(fn, value), item)
+            pending += 1
+            if pending >= count * MAX_PENDING_PER_WORKER:
+                yield pool.get_next()
+                pending -= 1
+        for _ in range(pending):
+            yield pool.get_next()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def by_reference(fn):
+    """`fn`, taken from its module when it was defined in `__main__` (a stage run as `python -m`):
+    Ray pickles `__main__`'s functions by value, with a copy of that module's globals as they are
+    here, so an initializer's globals (the worker's tokenizer) would never reach the tasks; the same
+    function of an imported module is pickled by reference and runs against the actor's globals."""
+    if isinstance(fn, functools.partial):
+        return functools.partial(by_reference(fn.func), *fn.args, **fn.keywords)
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if getattr(fn, "__module__", None) == "__main__" and spec is not None:
+        return getattr(importlib.import_module(spec.name), fn.__qualname__)
+    return fn
+
+
+def import_ray():
+    try:
+        import ray
+        import ray.util
+    except ImportError:
+        raise PipelineError('executor.kind: ray needs the ray package (pip install -e ".[ray]")') from None
+    return ray
+
+
+def _join(ray, address: str, workers: int) -> None:
+    """Connect this process to the cluster at `address`, or start a local one (`local`)."""
+    try:
+        if address == "local":
+            ray.init(num_cpus=workers or None, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    except ConnectionError as exc:
+        raise PipelineError(f"executor.address: no Ray cluster at {address!r} ({str(exc).splitlines()[0]}); "
+                            "start one with `ray start --head`, or set executor.address: local") from None

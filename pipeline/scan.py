@@ -13,7 +13,6 @@ before `vocab` merges the results. Writes `data/scan/<source>/scan.json` and, fo
 from __future__ import annotations
 
 import json
-import os
 from functools import partial
 from pathlib import Path
 from typing import Optional, Sequence
@@ -23,7 +22,7 @@ from pipeline.config import SourceConfig, SplitConfig, TokenizerConfig, entry, l
 from pipeline.errors import cli
 from pipeline.hashing import content_hashes, is_val, val_threshold
 from pipeline.io import atomic_dir, write_json
-from pipeline.parallel import ordered_parallel_map
+from pipeline.parallel import Workers, ordered_parallel_map, workers_for
 from pipeline.paths import SAMPLE_FILE, SCAN_DIR, SCAN_FILE
 from pipeline.sources import ReadTask, read_tasks, task_documents
 
@@ -41,7 +40,7 @@ def task_train_documents(task: ReadTask, threshold: int) -> list[str]:
     return [doc for doc, val in zip(docs, is_val(hashes, threshold)) if not val]
 
 
-def scan_source(name: str, cfg: SourceConfig, tokenizer: TokenizerConfig, split: SplitConfig, out_dir: Path, workers: int) -> dict:
+def scan_source(name: str, cfg: SourceConfig, tokenizer: TokenizerConfig, split: SplitConfig, out_dir: Path, workers: int | Workers) -> dict:
     """Scan source `name` for `tokenizer` into `out_dir` (replaced whole); return scan.json's content."""
     result: dict = {"tokenizer": tokenizer.name}
     tasks = read_tasks(cfg, f"sources.{name}")
@@ -57,7 +56,7 @@ def scan_source(name: str, cfg: SourceConfig, tokenizer: TokenizerConfig, split:
     return result
 
 
-def write_sample(tasks, budget: int, threshold: int, path: Path, workers: int) -> dict:
+def write_sample(tasks, budget: int, threshold: int, path: Path, workers: int | Workers) -> dict:
     """Train documents, in order, until `budget` bytes (the document that crosses it is the last)."""
     docs = nbytes = 0
     batches = ordered_parallel_map(partial(task_train_documents, threshold=threshold), tasks, workers)
@@ -79,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = stage_arguments(__doc__, "pipeline.scan", argv, entries="sources")
     params = load_params()
     name = entry(args.name, params.sources, "sources")
-    result = scan_source(name, params.sources[name], params.tokenizer, params.split, Path(SCAN_DIR) / name, os.cpu_count() or 1)
+    result = scan_source(name, params.sources[name], params.tokenizer, params.split, Path(SCAN_DIR) / name, workers_for(params.executor))
     print(f"scan {name}: for {result['tokenizer']}" + (f", {result['sample_documents']} train documents" if "sample_documents" in result else ""))
 
 

@@ -21,7 +21,7 @@ from pipeline.config import SourceConfig, entry, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.hashing import content_hashes
 from pipeline.io import atomic_dir, sha256_dir, write_json
-from pipeline.parallel import ordered_parallel_map
+from pipeline.parallel import Workers, ordered_parallel_map, workers_for
 from pipeline.paths import MANIFEST_FILE, TOKENS_DIR, VOCAB_DIR
 from pipeline.sources import ReadStats, ReadTask, read_tasks, task_documents
 from pipeline.store import StoreWriter, token_dtype
@@ -54,7 +54,7 @@ def encode_task(task: ReadTask) -> Batch:
     return Batch(tokens=tokens, lengths=lengths, hashes=hashes, text_bytes=text_bytes, stats=stats)
 
 
-def tokenize_source(name: str, cfg: SourceConfig, vocab_dir: Path, out_dir: Path, workers: int) -> dict:
+def tokenize_source(name: str, cfg: SourceConfig, vocab_dir: Path, out_dir: Path, workers: int | Workers) -> dict:
     """Tokenize source `name` into the store `out_dir`; return its manifest."""
     info = tokenizer_info(vocab_dir)
     stats, text_bytes = ReadStats(), 0
@@ -85,7 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = stage_arguments(__doc__, "pipeline.tokenize", argv, entries="sources")
     params = load_params()
     name = entry(args.name, params.sources, "sources")
-    manifest = tokenize_source(name, params.sources[name], VOCAB_DIR, TOKENS_DIR / name, os.cpu_count() or 1)
+    manifest = tokenize_source(name, params.sources[name], VOCAB_DIR, TOKENS_DIR / name, workers_for(params.executor))
     print(f"tokenize {name}: {manifest['docs']} documents, {manifest['tokens']} tokens, {manifest['text_bytes'] / 1e6:.1f} MB")
 
 

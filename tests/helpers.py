@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 from pathlib import Path
@@ -14,6 +15,29 @@ from pipeline.hashing import HASH_BYTES
 from pipeline.store import StoreWriter, TokenStore
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def module_file(name: str) -> Path | None:
+    """The file of project module `name` (`model.gpt` -> model/gpt.py, a package's __init__.py), or None."""
+    base = REPO.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def direct_imports(path: Path) -> set[Path]:
+    """The files of the project modules `path` imports anywhere in it (inside functions too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found |= {f for f in map(module_file, names) if f is not None and f != path}
+    return found
 
 
 def write_char_vocab(path: Path, chars: str) -> Path:

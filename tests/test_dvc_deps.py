@@ -7,22 +7,13 @@ functions). Package `__init__` modules hold no stage logic and are not deps.
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import REPO
-
-
-def module_file(name: str) -> Path | None:
-    base = REPO.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
+from tests.helpers import REPO, direct_imports, module_file
 
 
 def imported_modules(path: Path, seen: set[Path] | None = None) -> set[Path]:
@@ -31,17 +22,8 @@ def imported_modules(path: Path, seen: set[Path] | None = None) -> set[Path]:
     if path in seen:
         return seen
     seen.add(path)
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        for name in names:
-            found = module_file(name)
-            if found is not None:
-                imported_modules(found, seen)
+    for found in direct_imports(path):
+        imported_modules(found, seen)
     return seen
 
 

@@ -3,35 +3,16 @@ networks that import no loader, and every model-folder file name spelled in one 
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
-from tests.helpers import REPO
-from tests.test_dvc_deps import module_file
+from tests.helpers import REPO, direct_imports
 
 PACKAGES = ("pipeline", "model", "tinygpt")
 
 
 def project_modules() -> list[Path]:
     return sorted(p for package in PACKAGES for p in (REPO / package).glob("*.py") if p.name != "__init__.py")
-
-
-def direct_imports(path: Path) -> set[Path]:
-    """The project modules `path` imports anywhere in it (package __init__ files left out)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        for name in names:
-            target = module_file(name)
-            if target is not None and target.name != "__init__.py" and target != path:
-                found.add(target)
-    return found
 
 
 def find_cycle(graph: dict[Path, set[Path]]) -> list[Path] | None:
@@ -58,7 +39,7 @@ def find_cycle(graph: dict[Path, set[Path]]) -> list[Path] | None:
 
 
 def test_no_import_cycle_among_project_modules():
-    graph = {path: direct_imports(path) for path in project_modules()}
+    graph = {path: {f for f in direct_imports(path) if f.name != "__init__.py"} for path in project_modules()}
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(p.relative_to(REPO).as_posix() for p in cycle)
     assert find_cycle({Path("a"): {Path("b")}, Path("b"): {Path("a")}}) == [Path("a"), Path("b"), Path("a")], "the checker sees cycles"

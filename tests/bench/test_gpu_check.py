@@ -25,4 +25,7 @@ def test_gpu_check_runs_every_check_on_cpu(tmp_path):
     assert r["doc_mask"]["loss_difference"] < 1e-5, "flex and dense masks give the same loss (forward, on CPU)"
     assert r["torchrun"]["interrupted"] and r["torchrun"]["identical"], "killed after its first checkpoint, resumed bit for bit"
     assert r["generation"]["same_tokens"] == 1.0 and r["generation"]["transformers"]["tokens_per_s"] > 0
-    assert "| torchrun (gloo) resume | interrupted True" in proc.stdout
+    fsdp = r["fsdp"]
+    assert fsdp["processes"] == 2 and fsdp["interrupted"] and fsdp["identical"], "sharded over 2 processes, resumed bit for bit"
+    assert "| torchrun (gloo, 1 processes) resume | interrupted True" in proc.stdout
+    assert "| fsdp (gloo, 2 processes) resume | interrupted True" in proc.stdout

@@ -433,3 +433,71 @@ def test_the_prefetcher_hands_out_the_plain_loops_batches_in_order():
             for _ in range(400):
                 broken.next()  # rows past the index: the thread's error is raised here
         broken.close()
+
+
+# ---- FSDP2 --------------------------------------------------------------------------------------
+
+
+def torchrun(tmp_path: Path, spec: Path, processes: int, **popen) -> subprocess.Popen:
+    """The runner under torchrun with `processes` ranks on the CPU (gloo), in a session of its own."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               str(tmp_path / "runner.py"), str(spec)]
+    return subprocess.Popen(command, env=env(), cwd=REPO, start_new_session=True, **popen)
+
+
+def test_fsdp_two_processes_train_like_one_unsharded_process(tmp_path):
+    """Continued pretraining from a model folder, sharded over two processes with batch 4, ends
+    within 2e-5 of one unsharded process with batch 8 (the same blocks each step: the sums only
+    run in another order); the final model is gathered into the usual folder."""
+    start = save_model(GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=2, n_head=2, n_embd=32, positions="rope")), tmp_path / "start")
+    one = make_data(tmp_path / "one")
+    train(0, ModelConfig(**TINY), cfg(max_iters=20, batch_size=8, eval_interval=10, init_from=str(start)), **one)
+    two = make_data(tmp_path / "two")
+    sharded = cfg(max_iters=20, batch_size=4, eval_interval=10, checkpoint_interval=10, init_from=str(start), parallel="fsdp")
+    spec = write_spec(tmp_path, "fsdp", two, TINY, sharded)
+    proc = torchrun(tmp_path, spec, 2, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-3000:]
+    a, b = weights(one["out_dir"]), weights(two["out_dir"])
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=2e-5, rtol=0)
+    ckpt = latest_checkpoint(two["checkpoint_dir"])
+    assert (ckpt / "shards").is_dir() and not (ckpt / "model.safetensors").exists(), "a sharded checkpoint"
+    assert json.loads((two["out_dir"] / "model_config.json").read_text())["positions"] == "rope"
+
+
+def test_fsdp_resumes_a_killed_run_on_another_number_of_processes(tmp_path):
+    """Killed after its first sharded checkpoint, a two-process run resumes on one process with the
+    same global batch (DCP reshards) and ends within 2e-5 of the uninterrupted two-process run."""
+    sharded = dict(max_iters=30, checkpoint_interval=5, eval_interval=0, parallel="fsdp")
+    ref = make_data(tmp_path / "ref")
+    spec = write_spec(tmp_path, "ref", ref, TINY, cfg(batch_size=4, **sharded))
+    assert torchrun(tmp_path, spec, 2, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).wait(timeout=180) == 0
+
+    run = make_data(tmp_path / "run")
+    spec = write_spec(tmp_path, "run", run, TINY, cfg(batch_size=4, **sharded))
+    proc = torchrun(tmp_path, spec, 2, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and latest_checkpoint(run["checkpoint_dir"]) is None:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers
+    proc.wait()
+    step = int(latest_checkpoint(run["checkpoint_dir"]).name.split("-")[1])
+    assert step < 30 and not run["out_dir"].exists(), "the run was not interrupted"
+
+    spec = write_spec(tmp_path, "run", run, TINY, cfg(batch_size=8, **sharded))
+    proc = torchrun(tmp_path, spec, 1, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0 and "resuming from" in out, out[-3000:]
+    a, b = weights(ref["out_dir"]), weights(run["out_dir"])
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=2e-5, rtol=0)
+
+
+def test_muon_is_refused_under_fsdp():
+    from pipeline.errors import ConfigError
+    from pipeline.typed import from_dict
+
+    with pytest.raises(ConfigError, match="train.optimizer: muon does not run under train.parallel: fsdp"):
+        from_dict(TrainConfig, {"optimizer": "muon", "parallel": "fsdp"}, "train")

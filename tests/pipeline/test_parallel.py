@@ -51,3 +51,45 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
     assert wait_until(lambda: not any(running(pid) for pid in workers), 3), "a worker outlived its parent"
+
+
+# ---- on Ray ----------------------------------------------------------------------------------------
+
+
+def test_the_stages_write_the_same_bytes_on_a_ray_cluster(tmp_path):
+    """tokenize and dedup run as DVC runs them (`python -m`, relative paths, the project as working
+    directory) with `executor.kind: ray` against a cluster started by `ray start`, as a user would:
+    the same stores and dedup indices, byte for byte, as with the process pool."""
+    import yaml
+
+    from tests.test_dvc_pipeline import TINY_PARAMS, make_repo, run
+
+    near = {"enabled": True, "ngram": 2, "num_perm": 16, "bands": 8, "rows": 2}
+    repo = make_repo(tmp_path / "p", {**TINY_PARAMS, "dedup": {"near": near}})
+    run(["dvc", "repro", "dedup"], repo)  # the process pool
+    outputs = sorted(p for folder in ("data/tokens", "data/dedup") for p in (repo / folder).rglob("*") if p.is_file())
+    pool = {p: p.read_bytes() for p in outputs}
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["executor"] = {"kind": "ray", "workers": 2, "address": "auto"}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    run(["ray", "start", "--head", "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"], tmp_path)
+    try:
+        for stage in (["pipeline.tokenize", "notes"], ["pipeline.tokenize", "records"], ["pipeline.dedup"]):
+            done = subprocess.run([sys.executable, "-m", *stage], cwd=repo, env=env, capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    assert pool and all(p.read_bytes() == data for p, data in pool.items())
+    assert sorted(p for folder in ("data/tokens", "data/dedup") for p in (repo / folder).rglob("*") if p.is_file()) == outputs
+
+
+def test_ray_missing_is_one_line(monkeypatch):
+    import pytest
+
+    from pipeline.errors import PipelineError
+    from pipeline.parallel import Workers, ordered_parallel_map
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    with pytest.raises(PipelineError, match=r'^executor.kind: ray needs the ray package \(pip install -e "\.\[ray\]"\)$'):
+        list(ordered_parallel_map(abs, [-1, 2], Workers(2, "local")))
