@@ -26,13 +26,15 @@ recommendation with an interval (or an honest "cannot tell"), and a check at ful
   recommendation is chosen as the minimum of a noisy fit. When the gain over uniform is not surely
   positive, the report says the proxies cannot tell the mixtures apart and how many runs would.
 - **verify** trains the recommendation, uniform and the best observed mixture at full size with
-  `--seeds` seeds each (`verify-<label>-s<seed>`), and once they have run, reports each one's target
-  (mean ± s.e.), the paired differences with 95% intervals, and the winner.
+  `--seeds` seeds each (`verify-<label>-<digest of its shares>-s<seed>`), and once they have run,
+  reports each one's target (mean ± s.e.), the paired differences with 95% intervals, the winner.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -63,12 +65,15 @@ BOOTSTRAP_GRID = 5_000  # candidate mixtures the simultaneous interval covers
 
 
 def sample_mixtures(current: dict[str, float], runs: int, seed: int, concentration: float) -> list[dict[str, float]]:
-    """`runs` mixtures (shares summing to 1, rounded to 3 decimals, none below 0.01)."""
+    """`runs` mixtures (shares summing to 1, rounded to 3 decimals, none below 0.01). Two sources: a
+    grid of the first one's share, from 0.05 to 0.95 for seed 0, shifted by a seeded fraction of a
+    step for other seeds (so a second plan adds mixtures, not copies)."""
     names = list(current)
     if len(names) < 2:
         raise PipelineError("mix.weights: a mixture search needs at least two sources with a weight")
     if len(names) == 2:
-        firsts = np.linspace(0.05, 0.95, runs)
+        offset = np.random.default_rng(seed).uniform() if seed else None
+        firsts = np.linspace(0.05, 0.95, runs) if offset is None else 0.05 + 0.9 * (np.arange(runs) + offset) / runs
         shares = np.stack([firsts, 1 - firsts], axis=1)
     else:
         base = np.array([current[n] for n in names], dtype=np.float64)
@@ -99,11 +104,13 @@ def proxy_overrides(params: Params, scale: float, sets: dict[str, str]) -> dict[
 
 
 def plan_runs(current: dict[str, float], mixtures: list[dict[str, float]], seed: int, replicates: int,
-              overrides: dict, prefix: str) -> list[tuple[str, dict]]:
-    """(experiment name, -S changes) for every proxy run: the sampled mixtures at `seed`, then the
-    uniform and current mixtures at `replicates` seeds from `seed` on."""
+              overrides: dict, prefix: str, plan_seed: int) -> list[tuple[str, dict]]:
+    """(experiment name, -S changes) for every proxy run: the sampled mixtures at `seed`
+    (`<prefix>-<plan_seed>-NN`), then the uniform and current mixtures at `replicates` seeds from
+    `seed` on (`<prefix>-uniform-s<seed>`: the same names in every plan, so a second plan does not
+    run them again)."""
     names = list(current)
-    runs = [(f"{prefix}-{i:02d}", {**_weights(m), **overrides}) for i, m in enumerate(mixtures)]
+    runs = [(f"{prefix}-{plan_seed}-{i:02d}", {**_weights(m), **overrides}) for i, m in enumerate(mixtures)]
     total = sum(current.values())
     anchors = {"uniform": _rounded({n: 1 / len(names) for n in names}), "current": _rounded({n: w / total for n, w in current.items()})}
     if anchors["current"] == anchors["uniform"]:
@@ -154,11 +161,16 @@ class Mixture:
 
 
 def group_mixtures(runs: list[Run], sources: list[str], terms: dict[str, float]) -> list[Mixture]:
-    """Runs with the same shares (to 3 decimals) form one mixture, in listing order."""
+    """Runs with the same shares (to 3 decimals) form one mixture, in listing order; a second run of
+    the same mixture and seed is the same run again (identical params), not a replicate, and is left out."""
     groups: dict[tuple, Mixture] = {}
+    seen: set[tuple] = set()
     for run in runs:
         shares = np.array([run.shares.get(n, 0.0) for n in sources])
         key = tuple(np.round(shares, 3))
+        if (key, run.seed) in seen:
+            continue
+        seen.add((key, run.seed))
         values = np.array([metric_values(run, terms)])
         if key in groups:
             groups[key].names.append(run.name)
@@ -402,9 +414,15 @@ def verify_candidates(report: dict) -> dict[str, dict[str, float]]:
 
 
 def verify_runs(report: dict, seed: int, seeds: int, sets: dict[str, str]) -> list[tuple[str, dict]]:
+    """(name, -S changes) of each candidate at each seed: `verify-<label>-<digest of its shares>-s<seed>`,
+    so a new fit's candidates never take an older fit's runs for theirs."""
     extra = {k: yaml.safe_load(v) for k, v in sets.items()}
-    return [(f"verify-{label}-s{s}", {**_weights(shares), **extra, "seed": s})
+    return [(f"verify-{label}-{_digest(shares)}-s{s}", {**_weights(shares), **extra, "seed": s})
             for label, shares in verify_candidates(report).items() for s in range(seed, seed + seeds)]
+
+
+def _digest(shares: dict[str, float]) -> str:
+    return hashlib.sha1(json.dumps(shares, sort_keys=True).encode()).hexdigest()[:6]
 
 
 def verify_report(rows: list, report: dict, out_dir: Path) -> Optional[dict]:
@@ -413,11 +431,12 @@ def verify_report(rows: list, report: dict, out_dir: Path) -> Optional[dict]:
     terms = report["target"]
     weights = np.array(list(terms.values()))
     values: dict[str, dict[int, float]] = {}
+    by_name = {f"verify-{label}-{_digest(shares)}": label for label, shares in verify_candidates(report).items()}
     for run in parse_runs(rows):
-        label, _, seed = run.name.removeprefix("verify-").rpartition("-s")
+        name, _, seed = run.name.rpartition("-s")
         found = metric_values(run, terms)
-        if run.name.startswith("verify-") and seed.isdigit() and found is not None:
-            values.setdefault(label, {})[int(seed)] = float(np.array(found) @ weights)
+        if name in by_name and seed.isdigit() and found is not None:
+            values.setdefault(by_name[name], {})[int(seed)] = float(np.array(found) @ weights)
     labels = [label for label in verify_candidates(report) if len(values.get(label, {})) >= 2]
     if len(labels) < 2:
         return None
@@ -568,7 +587,7 @@ def _plan(args: argparse.Namespace) -> None:
         raise PipelineError(f"--runs: {len(current)} sources need at least {len(current) + 2} mixtures to fit, got {args.runs}")
     mixtures = sample_mixtures(current, args.runs, args.seed, args.concentration)
     overrides = proxy_overrides(params, args.scale, parse_sets(args.set))
-    runs = plan_runs(current, mixtures, params.seed, args.replicates, overrides, f"{args.prefix}-{args.seed}")
+    runs = plan_runs(current, mixtures, params.seed, args.replicates, overrides, args.prefix, args.seed)
     queued = queue(runs, args.dry_run)
     if not args.dry_run:
         print(f"queued {queued} proxy runs ({len(runs) - queued} already there); run them with `dvc exp run --run-all`, "

@@ -123,7 +123,7 @@ def test_mixture_search_plans_runs_and_fits_through_dvc(clones):
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline"], repo)
     planned = run(["python", "-m", "pipeline.mixsearch", "plan", "--runs", "4", "--replicates", "2"], repo).stdout
-    assert planned.count("dvc exp run --queue -n mixsearch-0-") == 6 and "mixsearch-0-uniform-s8" in planned
+    assert planned.count("dvc exp run --queue -n mixsearch-") == 6 and "mixsearch-uniform-s8" in planned
     assert "mix.data_fraction=0.25" in planned and "train.max_iters=8" in planned and "mix.train_tokens=750" in planned
     run(["dvc", "exp", "run", "--run-all"], repo)
     run(["python", "-m", "pipeline.mixsearch", "fit"], repo)
@@ -135,7 +135,7 @@ def test_mixture_search_plans_runs_and_fits_through_dvc(clones):
     assert result["command"].startswith("dvc exp run -S mix.weights.notes=")
     assert (repo / "reports/mixsearch_surface.png").is_file() and "Target: 1 x bpb_notes + 1 x bpb_records" in (repo / "reports/mixsearch.md").read_text()
     queued = run(["python", "-m", "pipeline.mixsearch", "verify", "--seeds", "2", "--dry-run"], repo).stdout
-    assert queued.count("dvc exp run --queue -n verify-") >= 4 and "verify-uniform-s8" in queued
+    assert queued.count("dvc exp run --queue -n verify-") >= 4 and "-s8 " in queued and "verify-uniform-" in queued
 
 
 def test_a_llama_layout_model_trains_through_dvc(clones):

@@ -62,10 +62,10 @@ def test_proxies_scale_steps_tokens_and_data_and_anchors_are_replicated():
     assert overrides["mix.train_tokens"] == 250_000 and overrides["mix.data_fraction"] == 0.25
     assert overrides["train.max_iters"] == 50 and overrides["train.warmup_iters"] == 5 and overrides["model.preset"] == "cpu-tiny"
     current = params.mix.weights
-    runs = plan_runs(current, sample_mixtures(current, 6, 0, 2.0), params.seed, 3, overrides, "mixsearch-0")
+    runs = plan_runs(current, sample_mixtures(current, 6, 0, 2.0), params.seed, 3, overrides, "mixsearch", 0)
     names = [name for name, _ in runs]
     assert names[:6] == [f"mixsearch-0-{i:02d}" for i in range(6)]
-    assert names[6:] == [f"mixsearch-0-{a}-s{s}" for a in ("uniform", "current") for s in (7, 8, 9)]
+    assert names[6:] == [f"mixsearch-{a}-s{s}" for a in ("uniform", "current") for s in (7, 8, 9)], "the same anchors in every plan"
     assert all("seed" not in changes for _, changes in runs[:6]), "sampled mixtures share the params' seed"
     assert runs[6][1]["mix.weights.code"] == 0.333 and runs[9][1]["mix.weights.code"] == 0.5
     command = exp_command(*runs[0], present={"mix.train_tokens"}) + ["evaluate"]
@@ -73,6 +73,8 @@ def test_proxies_scale_steps_tokens_and_data_and_anchors_are_replicated():
     assert "+mix.data_fraction=0.25" in command and "mix.train_tokens=250000" in command and "+model.preset='cpu-tiny'" in command
     two = sample_mixtures({"code": 0.7, "prose": 0.3}, 5, seed=0, concentration=2.0)
     assert [m["code"] for m in two] == [0.05, 0.275, 0.5, 0.725, 0.95], "two sources: a grid"
+    shifted = [m["code"] for m in sample_mixtures({"code": 0.7, "prose": 0.3}, 5, seed=1, concentration=2.0)]
+    assert all(0.05 <= c <= 0.95 for c in shifted) and not set(shifted) & {0.05, 0.275, 0.5, 0.725, 0.95}, "another plan: new points"
     with pytest.raises(PipelineError, match="at least two sources"):
         sample_mixtures({"code": 1.0}, 4, 0, 2.0)
 
@@ -142,7 +144,9 @@ def test_verify_queues_three_mixtures_at_full_size_and_names_the_winner(tmp_path
               "best_observed": {"shares": {"code": 0.45, "docs": 0.25, "prose": 0.3}}}
     assert list(verify_candidates(report)) == ["recommended", "uniform", "best-observed"]
     runs = verify_runs(report, 1337, 3, {"train.max_iters": "100"})
-    assert [name for name, _ in runs][:3] == ["verify-recommended-s1337", "verify-recommended-s1338", "verify-recommended-s1339"]
+    names = [name for name, _ in runs]
+    assert [n.rsplit("-", 1)[-1] for n in names[:3]] == ["s1337", "s1338", "s1339"] and names[0].startswith("verify-recommended-")
+    assert len({n.rsplit("-", 1)[0] for n in names}) == 3, "one name per mixture, its shares' digest in it"
     assert runs[3][1] == {"mix.weights.code": 0.333, "mix.weights.docs": 0.333, "mix.weights.prose": 0.333,
                           "train.max_iters": 100, "seed": 1337}
     rng = np.random.default_rng(0)
@@ -150,10 +154,28 @@ def test_verify_queues_three_mixtures_at_full_size_and_names_the_winner(tmp_path
     for label, shares in verify_candidates(report).items():
         for s in (1337, 1338, 1339):
             values = bowl(np.array([shares[n] for n in NAMES]) / sum(shares.values())) + rng.normal(0, 0.002, 3) + 0.01 * (s - 1337)
-            exps.append(experiment(f"verify-{label}-s{s}", shares, values, s))
+            exps.append(experiment(next(n for n in names if n.startswith(f"verify-{label}-") and n.endswith(f"-s{s}")), shares, values, s))
+    stale = experiment("verify-recommended-000000-s1337", {"code": 0.9, "docs": 0.05, "prose": 0.05}, np.full(3, 9.0), 1337)
+    exps.append(stale)  # an older fit's run under the same label: not this report's
     assert verify_report([{"rev": "workspace", "data": {}}, {"rev": "f" * 40, "experiments": exps[:4]}], report, tmp_path) is None
     result = verify_report([{"rev": "workspace", "data": {}}, {"rev": "f" * 40, "experiments": exps}], report, tmp_path)
     assert result["winner"] == "recommended"
     assert result["differences"]["uniform"]["mean"] > result["differences"]["uniform"]["half"] > 0, "paired by seed: sure"
     assert result["verdict"].startswith("recommended wins: better than uniform by")
     assert "| recommended | 0.500 | 0.200 | 0.300 | 3 |" in (tmp_path / "mixsearch_verify.md").read_text()
+
+
+def test_a_run_repeated_at_the_same_mixture_and_seed_counts_once(tmp_path):
+    """Re-planning re-queues identical runs (same params, same metrics): counting them as seeds
+    would shrink the measured noise and make the intervals too sure."""
+    rows = table(bowl, noise=0.005)
+    once = search(rows, None, "mixsearch", 100, tmp_path)
+    repeated = json.loads(json.dumps(rows))
+    for exp in rows[1]["experiments"]:
+        again = json.loads(json.dumps(exp))
+        again["revs"][0]["name"] = "mixsearch-1-" + again["revs"][0]["name"].rsplit("-", 1)[-1]
+        again["revs"][0]["rev"] = "e" + again["revs"][0]["rev"][1:]
+        repeated[1]["experiments"].append(again)
+    twice = search(repeated, None, "mixsearch", 100, tmp_path)
+    assert (twice["mixtures"], twice["seed_noise_df"], twice["noise_df"]) == (once["mixtures"], once["seed_noise_df"], once["noise_df"])
+    assert twice["gain_over_uniform"] == pytest.approx(once["gain_over_uniform"])
