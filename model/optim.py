@@ -1,7 +1,7 @@
 """The optimizer side, one for pretraining and fine-tuning: AdamW, Muon, the LR schedule, and the step.
 
 `optimizer_step` is the only place where a model learns: set the LRs, forward under autocast and
-backward over the micro-batches (DDP and FSDP reduce gradients on the last one only), clip, step. It
+backward over the micro-batches (DDP reduces gradients on the last one only, FSDP on each), clip, step. It
 returns the loss and the gradient norm as tensors on the device, so nothing waits for the host;
 `check_finite` reads them back where the caller syncs anyway (the trainer: every `log_interval`).
 
@@ -231,10 +231,11 @@ def optimizer_step(
 
 
 def gradient_sync(runner: torch.nn.Module, on: bool) -> contextlib.AbstractContextManager:
-    """Whether this backward reduces gradients over the processes: DDP's `no_sync()` when off; FSDP2
-    modules carry the switch themselves (`set_requires_gradient_sync`); a single process has nothing to sync."""
+    """Whether this backward reduces gradients over the processes: DDP's `no_sync()` when off (the
+    gradient accumulates locally, reduced once on the last micro-batch). FSDP2 always reduces: its
+    gradients then accumulate as shards, where skipping the reduction would hold a whole unsharded
+    fp32 gradient on every process until the last micro-batch, the memory sharding is there to save."""
     if hasattr(runner, "set_requires_gradient_sync"):
-        runner.set_requires_gradient_sync(on)
         return contextlib.nullcontext()
     return contextlib.nullcontext() if on or not hasattr(runner, "no_sync") else runner.no_sync()
 

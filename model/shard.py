@@ -43,15 +43,18 @@ SHARDS_DIR = "shards"  # in a checkpoint folder: the DCP checkpoint of the shard
 def on_rank0(make: Callable[[], Decoder], d: Dist) -> tuple[Optional[Decoder], type, object]:
     """Rank 0 runs `make` (build or load the full model); every rank gets its network class and
     config. An error on rank 0 is raised on every rank, so none waits for the others."""
-    model, message = None, [None]
+    model, message, failure = None, [None], None
     if d.main:
         try:
             model = make()
             message = [(type(model), model.config)]
-        except PipelineError as exc:
-            message = [("error", str(exc))]
+        except Exception as exc:  # every kind: the other ranks would otherwise wait in the broadcast
+            failure = exc
+            message = [("error", f"rank 0: {exc}" if not isinstance(exc, PipelineError) else str(exc))]
     dist.broadcast_object_list(message, src=0)
     kind, value = message[0]
+    if failure is not None:
+        raise failure
     if kind == "error":
         raise PipelineError(value)
     return model, kind, value

@@ -54,15 +54,17 @@ from pipeline.paths import (
 # train.* keys that do not change the trajectory: a checkpoint stays resumable when only these change
 OPERATIONAL_KEYS = ("device", "threads", "compile", "doc_mask_kernel", "log_interval", "eval_interval", "eval_blocks",
                     "checkpoint_interval", "peak_flops")
-TRAJECTORY_CODE = ("model/train.py", "model/optim.py", "model/stream.py", "model/decoder.py", "model/gpt.py", "model/llama.py", "model/layers.py",
+TRAJECTORY_CODE = ("model/train.py", "model/optim.py", "model/stream.py", "model/shard.py", "model/folders.py", "model/decoder.py",
+                   "model/gpt.py", "model/llama.py", "model/layers.py",
                    "pipeline/blocks.py", "pipeline/store.py", "pipeline/arrays.py")
 
 
 @dataclass
 class TrainResult:
-    """What `train` returns: the trained model (every rank holds the same weights) and the summary metrics."""
+    """What `train` returns: the trained model (every rank holds the same weights; under FSDP only
+    rank 0 holds it, gathered, and the other ranks None) and the summary metrics."""
 
-    model: torch.nn.Module
+    model: Optional[torch.nn.Module]
     summary: dict
 
 
@@ -208,7 +210,7 @@ class Run:
     seed: int
     cfg: TrainConfig
     data: TrainData
-    model: torch.nn.Module  # the model itself (the runner may wrap it: compile, DDP)
+    model: torch.nn.Module  # the model itself (the runner may wrap it: compile, DDP; sharded under FSDP)
     optimizer: Optimizers
     tracker: Tracker
     checkpoint_dir: Path
@@ -423,7 +425,7 @@ def _train(d, device, seed, model_cfg, cfg, tracker, *, train_dir, val_dir, out_
             write_json(tmp / TRAIN_MANIFEST_FILE, data.manifest)
     summary = run.summary()
     tracker.finish(summary, run.meter.timing(d.world))
-    return TrainResult(model=model, summary=summary)
+    return TrainResult(model=whole, summary=summary)
 
 
 def _finite(value: float) -> Optional[float]:

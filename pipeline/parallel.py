@@ -20,6 +20,8 @@ import sys
 import threading
 import time
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -63,14 +65,32 @@ def ordered_parallel_map(fn: Callable, items: Iterable, workers: int | Workers, 
         yield from map(fn, items)
         return
     context = multiprocessing.get_context("fork")
-    with context.Pool(workers, initializer=_start_worker, initargs=(os.getpid(), initializer, initargs)) as pool:
-        pending: deque = deque()
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                               initargs=(os.getpid(), initializer, initargs))
+    pending: deque = deque()
+    try:
         for item in items:
-            pending.append(pool.apply_async(fn, (item,)))
+            pending.append(pool.submit(fn, item))
             if len(pending) >= workers * MAX_PENDING_PER_WORKER:
-                yield pending.popleft().get()
+                yield _result(pending.popleft())
         while pending:
-            yield pending.popleft().get()
+            yield _result(pending.popleft())
+    finally:
+        if pending:  # closed early or failed: stop the workers now rather than after their queued tasks
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in list((pool._processes or {}).values()):  # no public terminate before Python 3.14
+                process.terminate()
+        pool.shutdown(wait=True)
+
+
+def _result(future):
+    """A task's result; a worker that died (killed, out of memory) fails the stage in one line,
+    where a `multiprocessing.Pool` would wait for the lost task forever."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise PipelineError("a worker process died (killed, or out of memory?); lower executor.workers or "
+                            "free memory, then run the stage again") from None
 
 
 def _start_worker(parent_pid: int, initializer, initargs) -> None:
@@ -128,7 +148,10 @@ def ray_map(fn: Callable, items: Iterable, workers: int, initializer, initargs, 
     if started:
         _join(ray, address, workers)
     try:
-        count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if workers > cpus:  # an actor that can never be placed would hold its tasks, and the stage, forever
+            raise PipelineError(f"executor.workers: {workers} actors, but the Ray cluster has {cpus} CPUs (0: one per CPU)")
+        count = workers or max(1, cpus)
         actor = ray.remote(num_cpus=1)(_Actor)
         fn, initializer = by_reference(fn), by_reference(initializer)
         pool = ray.util.ActorPool([actor.remote(os.getcwd(), initializer, initargs) for _ in range(count)])

@@ -123,7 +123,8 @@ spec = json.loads(Path(sys.argv[1]).read_text())
 res = train(0, ModelConfig(**spec["model"]), TrainConfig(**spec["train"]), **spec["paths"])
 import torch, os
 rank = int(os.environ.get("RANK", "0"))
-torch.save({k: v.detach().clone() for k, v in res.model.state_dict().items()}, spec["weights"] + f".rank{rank}")
+if res.model is not None:  # under FSDP only rank 0 holds the gathered model
+    torch.save({k: v.detach().clone() for k, v in res.model.state_dict().items()}, spec["weights"] + f".rank{rank}")
 """
 
 
@@ -446,14 +447,16 @@ def torchrun(tmp_path: Path, spec: Path, processes: int, **popen) -> subprocess.
 
 
 def test_fsdp_two_processes_train_like_one_unsharded_process(tmp_path):
-    """Continued pretraining from a model folder, sharded over two processes with batch 4, ends
-    within 2e-5 of one unsharded process with batch 8 (the same blocks each step: the sums only
-    run in another order); the final model is gathered into the usual folder."""
+    """Continued pretraining from a model folder, sharded over two processes with batch 4 (two
+    micro-batches a step, accumulated as shards), ends within 2e-5 of one unsharded process with
+    batch 8 (the same blocks each step: the sums only run in another order); the final model is
+    gathered into the usual folder."""
     start = save_model(GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=2, n_head=2, n_embd=32, positions="rope")), tmp_path / "start")
     one = make_data(tmp_path / "one")
-    train(0, ModelConfig(**TINY), cfg(max_iters=20, batch_size=8, eval_interval=10, init_from=str(start)), **one)
+    train(0, ModelConfig(**TINY), cfg(max_iters=20, batch_size=8, grad_accum=2, eval_interval=10, init_from=str(start)), **one)
     two = make_data(tmp_path / "two")
-    sharded = cfg(max_iters=20, batch_size=4, eval_interval=10, checkpoint_interval=10, init_from=str(start), parallel="fsdp")
+    sharded = cfg(max_iters=20, batch_size=4, grad_accum=2, eval_interval=10, checkpoint_interval=10, init_from=str(start),
+                  parallel="fsdp")
     spec = write_spec(tmp_path, "fsdp", two, TINY, sharded)
     proc = torchrun(tmp_path, spec, 2, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, err = proc.communicate(timeout=180)

@@ -1,4 +1,5 @@
-"""pipeline.parallel: the pool's workers never outlive the process that started them."""
+"""pipeline.parallel: the pool's workers never outlive the process that started them, a lost worker
+fails the stage instead of hanging it, and Ray gives the same bytes as the pool."""
 
 from __future__ import annotations
 
@@ -51,6 +52,32 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
     assert wait_until(lambda: not any(running(pid) for pid in workers), 3), "a worker outlived its parent"
+
+
+def die_on_three(x: int) -> int:
+    if x == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    return x
+
+
+def test_a_worker_that_dies_fails_the_map_in_one_line():
+    import pytest
+
+    from pipeline.errors import PipelineError
+    from pipeline.parallel import ordered_parallel_map
+
+    with pytest.raises(PipelineError, match=r"^a worker process died"):
+        list(ordered_parallel_map(die_on_three, range(10), 2))
+
+
+def test_closing_the_map_early_stops_its_workers():
+    from pipeline.parallel import ordered_parallel_map
+
+    started = time.monotonic()
+    results = ordered_parallel_map(time.sleep, [0, 60, 60, 60], 2)
+    assert next(results) is None
+    results.close()
+    assert time.monotonic() - started < 10, "close waited for the tasks in flight"
 
 
 # ---- on Ray ----------------------------------------------------------------------------------------
