@@ -47,16 +47,20 @@ def chat_template(checkpoint: Path, tokenizer_dir: Path, fallback: Optional[str]
     return get_template(fallback)
 
 
-def prompt_ids(tokenizer: Tokenizer, messages: list[dict], template: Template, block_size: int) -> list[int]:
+def prompt_ids(tokenizer: Tokenizer, messages: list[dict], template: Template, block_size: int,
+               max_new_tokens: int) -> list[int]:
     """Token ids of the conversation up to the reply's opening; the oldest turns (not the system
-    message) are dropped until it leaves room in the context for a reply."""
+    message) are dropped until the context keeps room for a reply (`max_new_tokens`, at most a
+    quarter of the context), so the reply never pushes the system message out of the window."""
+    room = max(1, min(max_new_tokens, block_size // 4))
     while True:
         ids = with_bos(tokenizer, encode_segments(tokenizer, prompt_segments(messages, template))[0].tolist())
-        if len(ids) < block_size:
+        if len(ids) + room <= block_size:
             return ids
         turns = [i for i, m in enumerate(messages) if m["role"] != "system"]  # user, assistant, ..., user
         if len(turns) < 3:
-            raise PipelineError(f"the message is {len(ids)} tokens, more than the model's context of {block_size}")
+            raise PipelineError(f"the message is {len(ids)} tokens; with {room} for the reply that is more than "
+                                f"the model's context of {block_size}")
         del messages[turns[0] : turns[2]]  # the oldest user turn and its reply
 
 
@@ -118,7 +122,7 @@ def converse(model: Decoder, tokenizer: Tokenizer, template: Template, lines: Te
             continue
         messages.append({"role": "user", "content": line.rstrip("\n")})
         try:
-            ids = prompt_ids(tokenizer, messages, template, model.config.block_size)
+            ids = prompt_ids(tokenizer, messages, template, model.config.block_size, settings["max_new_tokens"])
         except PipelineError as exc:
             write(f"(error: {exc})\n")
             messages.pop()

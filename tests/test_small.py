@@ -9,7 +9,7 @@ import yaml
 
 from pipeline.errors import PipelineError
 from tests.helpers import REPO
-from tinygpt.small import PROFILE, small_command
+from tinygpt.small import PROFILE, free_name, small_command
 
 
 def test_the_profile_is_one_named_experiment_on_top_of_the_params():
@@ -33,3 +33,8 @@ def test_a_bad_change_is_one_line_before_dvc_runs(tmp_path):
     assert done.returncode == 1 and done.stderr == "error: small profile: train.max_iters must be >= 1, got 0\n"
     dry = subprocess.run(["tinygpt", "small", "--dry-run"], cwd=tmp_path, capture_output=True, text=True)
     assert dry.returncode == 0 and dry.stdout.startswith("dvc exp run -n small -S ") and sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_a_second_run_gets_the_next_free_name():
+    assert free_name("small", set()) == "small"
+    assert free_name("small", {"small", "small-2", "other"}) == "small-3"

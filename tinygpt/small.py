@@ -5,6 +5,8 @@
     tinygpt small -S train.max_iters=30    # more changes on top
     tinygpt small --dry-run                # print the dvc command and run nothing
 
+Run again, it names the next experiment small-2, small-3, ... (DVC refuses a name it already has).
+
 Why an experiment: the run is an ordinary DVC experiment of the current commit (`dvc exp show`
 lists it with its params and metrics), so it is exactly as reproducible as `dvc repro` and the
 profile lives in the run's record, not in a file of its own. Like any `dvc exp run`, it leaves the
@@ -69,6 +71,21 @@ def small_command(params: dict, extra: dict, name: str) -> list[str]:
     return exp_command(name, changes, queue=False, present=present)
 
 
+def free_name(base: str, taken: set[str]) -> str:
+    """`base`, or `base-2`, `base-3`, ... : the first name no experiment of this commit has yet."""
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def experiment_names() -> set[str]:
+    """Names of this commit's DVC experiments (none outside a DVC repository)."""
+    done = subprocess.run(["dvc", "exp", "list", "--name-only"], capture_output=True, text=True)
+    return set(done.stdout.split()) if done.returncode == 0 else set()
+
+
 def _changes(pairs: Sequence[str]) -> dict:
     out = {}
     for pair in pairs:
@@ -82,7 +99,7 @@ def _changes(pairs: Sequence[str]) -> dict:
 def build_parser(prog: str = "python -m tinygpt.small") -> argparse.ArgumentParser:
     parser = command_parser(__doc__, prog)
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="a further params change")
-    parser.add_argument("-n", "--name", default=NAME, help=f"the experiment's name (default {NAME})")
+    parser.add_argument("-n", "--name", help=f"the experiment's name (default {NAME}, or {NAME}-2, ... if taken)")
     parser.add_argument("--dry-run", action="store_true", help="print the dvc command, run nothing")
     return parser
 
@@ -93,13 +110,14 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m tinygpt.sm
     if not Path(PARAMS_FILE).is_file():
         raise PipelineError(f"{PARAMS_FILE}: file not found (run from the project's root)")
     params = yaml.safe_load(Path(PARAMS_FILE).read_text())
+    name = args.name or free_name(NAME, experiment_names())
     try:
-        command = small_command(params, _changes(args.set), args.name)
+        command = small_command(params, _changes(args.set), name)
     except PipelineError as exc:
-        raise PipelineError(f"{args.name} profile: {exc}") from None
+        raise PipelineError(f"{name} profile: {exc}") from None
     print(" ".join(command), flush=True)
     if not args.dry_run and subprocess.run(command).returncode != 0:
-        raise PipelineError(f"dvc exp run -n {args.name} failed (its output is above)")
+        raise PipelineError(f"dvc exp run -n {name} failed (its output is above)")
 
 
 if __name__ == "__main__":

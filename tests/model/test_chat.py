@@ -51,7 +51,7 @@ def test_a_multi_turn_prompt_is_the_training_rendering_plus_the_reply_opening(ch
     _, tok, _ = chatty
     history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hey"}, {"role": "user", "content": "abc"}]
     for template in (DEFAULT_TEMPLATE, CHATML):
-        ids = prompt_ids(tok, list(history), template, 256)
+        ids = prompt_ids(tok, list(history), template, 256, 40)
         trained, _ = encode_segments(tok, render_segments(history[:2], template))
         assert ids[: len(trained)] == trained.tolist(), "earlier turns with their stop tokens, as fine-tuning saw them"
         assert tok.decode(ids[len(trained) :]).endswith(template.assistant)
@@ -64,16 +64,20 @@ def test_the_oldest_turns_go_when_the_context_is_full(chatty):
     for i in range(6):
         messages += [{"role": "user", "content": f"question {'x' * 20}"}, {"role": "assistant", "content": "answer " * 3}]
     messages.append({"role": "user", "content": "last"})
-    ids = prompt_ids(tok, messages, CHATML, 256)
-    assert len(ids) < 256 and messages[0]["content"] == "be kind" and messages[-1]["content"] == "last"
+    ids = prompt_ids(tok, messages, CHATML, 256, 40)
+    assert len(ids) + 40 <= 256 and messages[0]["content"] == "be kind" and messages[-1]["content"] == "last"
     assert len(messages) < 14 and [m["role"] for m in messages[1:3]] == ["user", "assistant"]
     with pytest.raises(PipelineError, match="more than the model's context of 256"):
-        prompt_ids(tok, [{"role": "user", "content": "y" * 300}], CHATML, 256)
+        prompt_ids(tok, [{"role": "user", "content": "y" * 300}], CHATML, 256, 40)
+    lengths = {k: len(prompt_ids(tok, [{"role": "user", "content": "y" * k}], CHATML, 256, 1)) for k in range(0, 200, 5)}
+    k = max(k for k, n in lengths.items() if 256 - 64 < n < 256)  # fits, but leaves less than a quarter for the reply
+    with pytest.raises(PipelineError, match="with 64 for the reply"):
+        prompt_ids(tok, [{"role": "user", "content": "y" * k}], CHATML, 256, 500)
 
 
 def test_streamed_pieces_add_up_to_the_plain_generation(chatty):
     model, tok, _ = chatty
-    ids = prompt_ids(tok, [{"role": "user", "content": "hello there"}], DEFAULT_TEMPLATE, 256)
+    ids = prompt_ids(tok, [{"role": "user", "content": "hello there"}], DEFAULT_TEMPLATE, 256, 40)
     stops = stop_ids(tok, DEFAULT_TEMPLATE)
     pieces = list(stream_reply(model, tok, ids, stops, None, 40, 0.0, None, None, torch.Generator()))
     out = model.generate(torch.tensor([ids]), 40, temperature=0, eos_id=stops)[0, len(ids) :].tolist()
