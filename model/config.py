@@ -107,7 +107,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     device: str = limit("cpu", pattern=DEVICE_PATTERN)  # cpu | cuda | cuda:N | auto (cuda when available)
-    init_from: str = NO_FOLDER  # a folder to start from: ours, a Hugging Face one (GPT-2, Llama, Qwen2, Mistral) or a LoRA adapter; the placeholder models/README.md: random weights
+    init_from: str = NO_FOLDER  # a folder to start from: ours, a Hugging Face one (GPT-2, Llama, Qwen2, Mistral) or a LoRA adapter folder holding its base; the placeholder models/README.md: random weights
     batch_size: int = limit(12, at_least=1)  # blocks per micro-batch (per process under DDP)
     grad_accum: int = limit(1, at_least=1)  # micro-batches per optimizer step
     max_iters: int = limit(2000, at_least=1)  # optimizer steps
@@ -193,7 +193,7 @@ class FinetuneConfig:
     """Instruction fine-tuning (`python -m model.finetune`): loss on the assistant replies only."""
 
     data: str = "data/instructions.jsonl"  # records (.json list or .jsonl): instruction, optional input, output; or messages
-    init_from: str = "data/model"  # a tinyGPT checkpoint folder, a LoRA adapter folder or a Hugging Face folder
+    init_from: str = "data/model"  # a tinyGPT checkpoint folder, a LoRA adapter folder holding its base, or a Hugging Face folder
     template: Literal["tinygpt-instruct-v1", "alpaca", "llama2", "llama3", "chatml", "model"] = "tinygpt-instruct-v1"  # prompt format; model: init_from's own chat template (chat_template.jinja, or chat_template in tokenizer_config.json)
     lora: Optional[LoraConfig] = None  # LoRA adapters on a frozen model ({} for the defaults); null: train every weight
     vocab: str = "data/vocab"  # tokenizer folder, used when init_from has no tokenizer/ (Hugging Face folders)

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from model.config import FinetuneConfig
-from model.folders import TEMPLATE_FILE, TOKENIZER_DIR, load_any, tokenizer_folder, write_adapter, write_ours
+from model.folders import TEMPLATE_FILE, TOKENIZER_DIR, load_any, refuse_untracked_base, tokenizer_folder, write_adapter, write_ours
 from model.lora import adapter_state, apply_lora, trainable_params
 from model.optim import adamw, check_finite, optimizer_step, warmup_cosine
 from model.records import Encoded, collate, encode_records, load_records
@@ -144,6 +144,7 @@ def finetune(cfg: FinetuneConfig, seed: int, out_dir: str | Path, print_fn: Call
         raise PipelineError(f"finetune.init_from: {init_from} is not a folder (train a model first, or point it at a Hugging Face GPT-2 folder)")
     if cfg.lora is not None and init_from.resolve() == out_dir.resolve():
         raise PipelineError(f"finetune.init_from: {init_from} is also the output folder, and LoRA adapters need their base kept")
+    refuse_untracked_base("finetune.init_from", init_from)
     tok_dir = tokenizer_folder(init_from, Path(cfg.vocab), "set finetune.vocab")
     tokenizer = load_tokenizer(tok_dir)
     template = get_template(cfg.template, [init_from, tok_dir])

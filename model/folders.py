@@ -420,11 +420,30 @@ def read_adapter_config(folder: Path) -> dict:
     return cfg
 
 
+def adapter_base(folder: Path) -> Path:
+    """The base folder an adapter folder's config names (relative to the adapter folder, or absolute)."""
+    base = read_adapter_config(folder)["base"]
+    return Path(base) if os.path.isabs(base) else folder / base
+
+
+def refuse_untracked_base(key: str, folder: Path) -> None:
+    """One line when `folder` (what the param `key` names, a stage's DVC dependency) is a LoRA adapter
+    folder whose base lies outside it: DVC would not see that base change, so the stage's output
+    would silently go stale. Merging the adapters into one folder (`tinygpt export`) fixes that."""
+    if not (folder / ADAPTER_CONFIG_FILE).is_file():
+        return
+    base = adapter_base(folder)
+    if not base.resolve().is_relative_to(folder.resolve()):
+        raise PipelineError(f"{key}: {folder} holds LoRA adapters on {base}, which DVC does not track as an input of "
+                            f"this stage; merge them first (tinygpt export --checkpoint {folder} --out models/merged) "
+                            f"and set {key}: models/merged")
+
+
 def read_adapter(folder: Path, map_location="cpu", dropout: Optional[float] = None) -> Decoder:
     """An adapter folder as a full model: its base (any folder `load_any` reads) with each adapter
     folded into its layer's weight, W + B A * alpha / rank (what LoRA training computes)."""
     cfg = read_adapter_config(folder)
-    base = Path(cfg["base"]) if os.path.isabs(cfg["base"]) else folder / cfg["base"]
+    base = adapter_base(folder)
     if not base.is_dir():
         raise PipelineError(f"{folder / ADAPTER_CONFIG_FILE}: base model folder {base} not found")
     if not (folder / ADAPTER_FILE).is_file():

@@ -115,7 +115,7 @@ def load_data(train_dir: Path, val_dir: Path, vocab_dir: Optional[Path]) -> Trai
 
 def build_model(seed: int, model_cfg: ModelConfig, cfg: TrainConfig, manifest: dict, train_dir: Path):
     """A fresh model shaped by `model` params and the data, or `init_from`; checked against the data."""
-    from model.folders import load_any
+    from model.folders import load_any, refuse_untracked_base
     from model.gpt import GPT, GPTConfig
     from model.llama import Llama, LlamaConfig
 
@@ -128,6 +128,7 @@ def build_model(seed: int, model_cfg: ModelConfig, cfg: TrainConfig, manifest: d
         source = Path(cfg.start_folder)
         if not source.is_dir():
             raise PipelineError(f"train.init_from: {source} is not a folder")
+        refuse_untracked_base("train.init_from", source)
         model = load_any(source, dropout=model_cfg.dropout)
         tokenizer = folder_tokenizer(source)
         label = f"train.init_from {source}"

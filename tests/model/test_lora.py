@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from model.finetune import finetune
-from model.folders import ADAPTER_CONFIG_FILE, ADAPTER_FILE, load_any, write_adapter
+from model.folders import ADAPTER_CONFIG_FILE, ADAPTER_FILE, load_any, refuse_untracked_base, write_adapter
 from model.gpt import GPT, GPTConfig
 from model.llama import Llama, LlamaConfig
 from model.lora import LoRALinear, adapter_state, apply_lora, merge_lora, trainable_params
@@ -126,6 +126,38 @@ def test_lora_errors_are_one_line(tmp_path):
     (folder / ADAPTER_CONFIG_FILE).write_text(json.dumps({"base": "../gone", "rank": "8"}))
     with pytest.raises(PipelineError, match="adapter_config.json: 'rank' must be an integer, got \"8\""):
         load_any(folder)
+
+
+def test_an_adapter_folder_whose_base_dvc_does_not_see_is_refused_until_merged(tmp_path):
+    """As `finetune.init_from` (or `train.init_from`), only the adapter folder is the stage's DVC
+    dependency: a base outside it could change without DVC noticing, so the stage refuses it in one
+    line naming the fix, `tinygpt export` into one folder, which the stage then takes."""
+    from model.export import main as export_main
+
+    vocab = write_char_vocab(tmp_path / "vocab", "ab")
+    save_model(tiny("gpt2", vocab_size=4, tie_weights=False), tmp_path / "models" / "base", vocab)
+    model = tiny("gpt2", vocab_size=4, tie_weights=False)
+    apply_lora(model, 2, 4, 0.0, ["c_attn"])
+    randomize_adapters(model)
+    adapter = tmp_path / "models" / "adapter"
+    adapter.mkdir()
+    write_adapter(adapter, *adapter_state(model), base=tmp_path / "models" / "base")
+    shutil.copytree(vocab, adapter / "tokenizer")
+    (tmp_path / "r.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+    cfg = FinetuneConfig(data=str(tmp_path / "r.jsonl"), init_from=str(adapter), device="cpu", lora=LoraConfig())
+    with pytest.raises(PipelineError, match=r"^finetune.init_from: \S+adapter holds LoRA adapters on \S+base, which DVC does not "
+                                            r"track as an input of this stage; merge them first \(tinygpt export --checkpoint "):
+        finetune(cfg, seed=1, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    merged = tmp_path / "models" / "merged"
+    export_main(["--checkpoint", str(adapter), "--out", str(merged)])
+    refuse_untracked_base("finetune.init_from", merged)  # one folder: nothing outside it
+    idx = torch.randint(0, 4, (2, 7))
+    assert (logits(load_any(merged).eval(), idx) - logits(model.eval(), idx)).abs().max() < 1e-5
+    inside = tmp_path / "bundle"
+    shutil.copytree(tmp_path / "models" / "base", inside / "base")
+    write_adapter(inside, *adapter_state(model), base=inside / "base")
+    refuse_untracked_base("train.init_from", inside)  # a base kept inside the adapter folder is tracked with it
 
 
 # ---- fine-tuning with LoRA ----------------------------------------------------------------------------
