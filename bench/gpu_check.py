@@ -19,7 +19,7 @@
 5. generation: batch-1 greedy decoding with the KV cache, GPT-2 124M with random weights (fp32,
    TF32 matmuls), ours against transformers' GPT2LMHeadModel.generate on the same weights.
 6. fsdp: `train.parallel: fsdp` (FSDP2, AdamW) under torchrun over every GPU (2 processes with
-   --cpu), killed right after its first sharded checkpoint and run again, against one
+   --cpu; skipped on a one-GPU machine, where nothing would be sharded), killed right after its first sharded checkpoint and run again, against one
    uninterrupted sharded run: the largest weight difference of the gathered final models.
 """
 
@@ -234,6 +234,14 @@ def check_torchrun(device: str, size: dict, tmp: Path, parallel: str = "ddp", pr
             "wall_s": time.perf_counter() - start}
 
 
+def check_fsdp(device: str, size: dict, tmp: Path) -> dict:
+    """`check_torchrun` sharded over every GPU (2 processes on CPU); one GPU shards nothing, so skipped."""
+    processes = torch.cuda.device_count() if device == "cuda" else 2
+    if processes < 2:
+        return {"skipped": f"needs 2 or more GPUs to shard over, this machine has {processes}"}
+    return check_torchrun(device, size, tmp, "fsdp", processes)
+
+
 def check_generation(device: str, size: dict, tmp: Path) -> dict:
     import transformers
 
@@ -293,7 +301,7 @@ def main(argv=None) -> None:
         "recipe": lambda s, tmp: check_recipe(device, s, tmp),
         "doc_mask": lambda s, tmp: check_doc_mask(device, s),
         "torchrun": lambda s, tmp: check_torchrun(device, s, tmp),
-        "fsdp": lambda s, tmp: check_torchrun(device, s, tmp, "fsdp", torch.cuda.device_count() if device == "cuda" else 2),
+        "fsdp": lambda s, tmp: check_fsdp(device, s, tmp),
         "generation": lambda s, tmp: check_generation(device, s, tmp),
     }
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
@@ -327,6 +335,9 @@ def table(r: dict) -> str:
             continue
         if "error" in v:
             lines.append(f"| {name} | FAILED: {v['error'].splitlines()[-1][:200]} |")
+            continue
+        if "skipped" in v:
+            lines.append(f"| {name} | skipped: {v['skipped']} |")
             continue
         if name == "throughput":
             for opt in ("adamw", "muon"):

@@ -23,10 +23,9 @@ import torch
 
 from model.decoder import Decoder
 from model.folders import TEMPLATE_FILE, load_any, tokenizer_folder
-from model.generate import with_bos
 from model.records import encode_segments
 from model.runtime import resolve_device
-from model.templates import MODEL, TEMPLATES, Template, get_template, load_template, prompt_segments, stop_ids
+from model.templates import TEMPLATES, Template, find_model_template, get_template, load_template, prompt_segments, stop_ids
 from pipeline.commands import command_parser
 from pipeline.errors import PipelineError, cli
 from pipeline.tokenizer import Tokenizer, load_tokenizer
@@ -38,12 +37,12 @@ def chat_template(checkpoint: Path, tokenizer_dir: Path, fallback: Optional[str]
     """The checkpoint's fine-tuning template, else the model's own chat template, else `fallback`."""
     if (checkpoint / TEMPLATE_FILE).is_file():
         return load_template(checkpoint)
-    try:
-        return get_template(MODEL, [checkpoint, tokenizer_dir])
-    except PipelineError:
-        if fallback is None:
-            raise PipelineError(f"{checkpoint}: no {TEMPLATE_FILE} and no chat template of its own; pass --template "
-                                f"({', '.join(TEMPLATES)})") from None
+    own = find_model_template([checkpoint, tokenizer_dir])  # a broken one is an error, not a reason to fall back
+    if own is not None:
+        return own
+    if fallback is None:
+        raise PipelineError(f"{checkpoint}: no {TEMPLATE_FILE} and no chat template of its own; pass --template "
+                            f"({', '.join(TEMPLATES)})")
     return get_template(fallback)
 
 
@@ -54,7 +53,7 @@ def prompt_ids(tokenizer: Tokenizer, messages: list[dict], template: Template, b
     quarter of the context), so the reply never pushes the system message out of the window."""
     room = max(1, min(max_new_tokens, block_size // 4))
     while True:
-        ids = with_bos(tokenizer, encode_segments(tokenizer, prompt_segments(messages, template))[0].tolist())
+        ids = encode_segments(tokenizer, prompt_segments(messages, template))[0].tolist()
         if len(ids) + room <= block_size:
             return ids
         turns = [i for i, m in enumerate(messages) if m["role"] != "system"]  # user, assistant, ..., user

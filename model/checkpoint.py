@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from model.folders import TRAIN_MANIFEST_FILE, write_ours
-from pipeline.io import sha256_file, write_json
+from pipeline.io import sha256_file, temp_prefix, write_json
 
 STATE_FILE = "train_state.pt"
 STATE_FORMAT = 3  # 3: optimizer state is {optimizer name: its state_dict}
@@ -61,17 +61,30 @@ def load_checkpoint(checkpoint_dir: Path, print_fn: Callable = print, expected: 
 
 def save_checkpoint(checkpoint_dir: Path, model, state: dict, manifest: dict) -> Path:
     """Write `step-N/` beside the old one via a temp folder + rename, then drop the older ones."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_dir / f"step-{state['step']:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=checkpoint_dir))
+    tmp = checkpoint_folder(checkpoint_dir, state["step"])
     try:
         write_ours(model, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return finish_checkpoint(checkpoint_dir, tmp, state, manifest)
+
+
+def checkpoint_folder(checkpoint_dir: Path, step: int) -> Path:
+    """A new temporary folder for step `step`'s checkpoint, inside `checkpoint_dir`."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=temp_prefix(checkpoint_dir / f"step-{step:08d}"), dir=checkpoint_dir))
+
+
+def finish_checkpoint(checkpoint_dir: Path, tmp: Path, state: dict, manifest: dict) -> Path:
+    """Add the train state and the data manifest to the weights in `tmp` and publish it as `step-N`."""
+    try:
         torch.save(state, tmp / STATE_FILE)
         write_json(tmp / TRAIN_MANIFEST_FILE, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return publish_checkpoint(checkpoint_dir, tmp, final)
+    return publish_checkpoint(checkpoint_dir, tmp, checkpoint_dir / f"step-{state['step']:08d}")
 
 
 def publish_checkpoint(checkpoint_dir: Path, tmp: Path, final: Path) -> Path:

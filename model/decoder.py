@@ -147,7 +147,6 @@ class Decoder(nn.Module):
                 out.append((module.weight, parts))
         return out
 
-    @torch.no_grad()
     def generate(
         self,
         idx: torch.Tensor,
@@ -172,6 +171,7 @@ class Decoder(nn.Module):
         steps = list(self.stream(idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator, use_cache))
         return torch.cat([idx, *steps], dim=1)
 
+    @torch.no_grad()  # on the generator itself: gradients stay off while it runs, not in its reader between steps
     def stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos_id=None, generator=None,
                use_cache=True) -> Iterator[torch.Tensor]:
         """`generate`, one step at a time: yields each step's next tokens (B, 1) as they come."""
@@ -184,8 +184,7 @@ class Decoder(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            with torch.no_grad():
-                yield from self._steps(idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator, use_cache)
+            yield from self._steps(idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator, use_cache)
         finally:
             self.train(was_training)
 

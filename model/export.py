@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from model.folders import (
-    HF_CONFIG_FILE, TEMPLATE_FILE, TOKENIZER_DIR, WEIGHTS_FILE, load_any, read_config, write_hf,
+    HF_CONFIG_FILE, TEMPLATE_FILE, TOKENIZER_DIR, WEIGHTS_FILE, load_any, write_hf,
 )
+from model.templates import load_template
 from pipeline.commands import command_parser
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_dir, write_json
@@ -91,10 +92,8 @@ def check_out_dir(out_dir: Path, force: bool) -> None:
 def export_chat_template(checkpoint: Path, vocab_dir: Path) -> Optional[str]:
     """The jinja chat template to export: the one the checkpoint was fine-tuned with (template
     `model` in its template.json), else the tokenizer's own chat_template.jinja; None without one."""
-    if (checkpoint / TEMPLATE_FILE).is_file():
-        source = read_config(checkpoint / TEMPLATE_FILE).get("chat_template")
-        if isinstance(source, str) and source:
-            return source
+    if (checkpoint / TEMPLATE_FILE).is_file() and (source := load_template(checkpoint).chat_template):
+        return source
     if (vocab_dir / CHAT_TEMPLATE_FILE).is_file():
         return (vocab_dir / CHAT_TEMPLATE_FILE).read_text()
     return None

@@ -20,15 +20,14 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from model.folders import HF_CONFIG_FILE, HF_WEIGHT_FILES, WEIGHTS_FILE
+from model.folders import HF_CONFIG_FILE, SAFETENSORS_INDEX_FILE, WEIGHTS_FILE
 from pipeline.commands import command_parser
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_dir
 from pipeline.tokenizer import CHAT_TEMPLATE_FILE, GENERATION_CONFIG_FILE, HF_TOKENIZER_FILE, TOKENIZER_CONFIG_FILE
 
-SAFETENSORS_INDEX = HF_WEIGHT_FILES[1]
 FILES = [HF_CONFIG_FILE, GENERATION_CONFIG_FILE, HF_TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, CHAT_TEMPLATE_FILE,
-         "special_tokens_map.json", "model*.safetensors", SAFETENSORS_INDEX]  # not consolidated.* copies
+         "special_tokens_map.json", "model*.safetensors", SAFETENSORS_INDEX_FILE]  # not consolidated.* copies
 COMMIT = re.compile(r"[0-9a-f]{40}")
 REACH_TIMEOUT_S = 5  # for the first contact with the hub: an offline machine is told so in seconds
 
@@ -46,7 +45,7 @@ def fetch(repo_id: str, revision: str, out_dir: Path) -> Path:
         except Exception as exc:  # network, auth, unknown repo or revision: one line, nothing left behind
             raise PipelineError(f"{repo_id}@{revision}: download failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
         shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
-        weights = (tmp / WEIGHTS_FILE).is_file() or (tmp / SAFETENSORS_INDEX).is_file()
+        weights = (tmp / WEIGHTS_FILE).is_file() or (tmp / SAFETENSORS_INDEX_FILE).is_file()
         if not (tmp / HF_CONFIG_FILE).is_file() or not weights:
             raise PipelineError(f"{repo_id}@{revision}: no config.json and safetensors weights (only safetensors models are fetched)")
     return out_dir

@@ -41,7 +41,7 @@ from model.folders import TEMPLATE_FILE, TOKENIZER_DIR, load_any, refuse_untrack
 from model.lora import adapter_state, apply_lora, trainable_params
 from model.optim import adamw, check_finite, optimizer_step, warmup_cosine
 from model.records import Encoded, collate, encode_records, load_records
-from model.runtime import Dist, autocast_for, prepare, resolve_device
+from model.runtime import autocast_for, prepare, resolve_device
 from model.scoring import summed_loss
 from model.templates import Template, get_template
 from pipeline.commands import stage_arguments
@@ -88,7 +88,7 @@ def train_examples(
             n = int(batch["loss_mask"].sum())
             batch = {k: v.to(device) for k, v in batch.items()}
             lr = lr_at(step, total_steps, cfg)
-            loss, grad_norm = optimizer_step(model, optimizer, [batch], lr / cfg.lr, step, cfg.grad_clip, autocast, Dist())
+            loss, grad_norm = optimizer_step(model, optimizer, [batch], lr / cfg.lr, step, cfg.grad_clip, autocast)
             loss_sum, norm_max = loss_sum + loss * n, torch.maximum(norm_max, grad_norm)
             token_count, step = token_count + n, step + 1
         check_finite(float(loss_sum), float(norm_max), "finetune", step - steps_per_epoch + 1, step, lr)

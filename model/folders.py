@@ -32,7 +32,7 @@ from model.decoder import Decoder
 from model.gpt import GPT, GPT2_LAYERS, GPTConfig
 from model.llama import Llama, LlamaConfig, check_llama3_scaling
 from pipeline.errors import PipelineError
-from pipeline.io import write_json
+from pipeline.io import read_json, write_json
 from pipeline.tokenizer import GENERATION_CONFIG_FILE, SPEC_FILE
 
 WEIGHTS_FILE = "model.safetensors"
@@ -41,7 +41,8 @@ TOKENIZER_DIR = "tokenizer"
 TRAIN_MANIFEST_FILE = "train_manifest.json"  # the train data's manifest, beside a trained model
 TEMPLATE_FILE = "template.json"  # the prompt template a model was fine-tuned with
 HF_CONFIG_FILE = "config.json"
-HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"  # the shards of a large model's model-*.safetensors
+HF_WEIGHT_FILES = (WEIGHTS_FILE, SAFETENSORS_INDEX_FILE, "pytorch_model.bin", "pytorch_model.bin.index.json")
 ADAPTER_FILE = "adapter.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_FORMAT = "tinygpt-lora-v1"
@@ -137,10 +138,7 @@ def read_ours(path: Path, map_location="cpu", dropout: Optional[float] = None) -
 
 def read_config(file: Path) -> dict:
     """A JSON object file (model_config.json, config.json, ...); one-line errors when it is not one."""
-    try:
-        data = json.loads(file.read_text())
-    except ValueError as exc:
-        raise PipelineError(f"{file}: not valid JSON ({exc})") from None
+    data = read_json(file)
     if not isinstance(data, dict):
         raise PipelineError(f"{file}: must hold a JSON object, got {type(data).__name__}")
     return data
@@ -420,10 +418,9 @@ def read_adapter_config(folder: Path) -> dict:
     return cfg
 
 
-def adapter_base(folder: Path) -> Path:
+def adapter_base(folder: Path, cfg: dict) -> Path:
     """The base folder an adapter folder's config names (relative to the adapter folder, or absolute)."""
-    base = read_adapter_config(folder)["base"]
-    return Path(base) if os.path.isabs(base) else folder / base
+    return Path(cfg["base"]) if os.path.isabs(cfg["base"]) else folder / cfg["base"]
 
 
 def refuse_untracked_base(key: str, folder: Path) -> None:
@@ -432,7 +429,7 @@ def refuse_untracked_base(key: str, folder: Path) -> None:
     would silently go stale. Merging the adapters into one folder (`tinygpt export`) fixes that."""
     if not (folder / ADAPTER_CONFIG_FILE).is_file():
         return
-    base = adapter_base(folder)
+    base = adapter_base(folder, read_adapter_config(folder))
     if not base.resolve().is_relative_to(folder.resolve()):
         raise PipelineError(f"{key}: {folder} holds LoRA adapters on {base}, which DVC does not track as an input of "
                             f"this stage; merge them first (tinygpt export --checkpoint {folder} --out models/merged) "
@@ -441,31 +438,34 @@ def refuse_untracked_base(key: str, folder: Path) -> None:
 
 def read_adapter(folder: Path, map_location="cpu", dropout: Optional[float] = None) -> Decoder:
     """An adapter folder as a full model: its base (any folder `load_any` reads) with each adapter
-    folded into its layer's weight, W + B A * alpha / rank (what LoRA training computes)."""
+    folded into its layer's weight, W + B A * alpha / rank (what LoRA training computes; done here
+    rather than through model/lora.py so that loading a folder does not make the LoRA training code a
+    dependency of every stage that loads one)."""
     cfg = read_adapter_config(folder)
-    base = adapter_base(folder)
+    base, source = adapter_base(folder, cfg), folder / ADAPTER_FILE
     if not base.is_dir():
         raise PipelineError(f"{folder / ADAPTER_CONFIG_FILE}: base model folder {base} not found")
-    if not (folder / ADAPTER_FILE).is_file():
-        raise PipelineError(f"{folder / ADAPTER_FILE}: not found")
-    model = load_any(base, map_location, dropout)
-    tensors, source = read_safetensors(folder / ADAPTER_FILE), str(folder / ADAPTER_FILE)
-    layers = dict(model.named_modules())
+    if not source.is_file():
+        raise PipelineError(f"{source}: not found")
+    tensors = read_safetensors(source)
     expected = {f"{name}.lora_{part}" for name in cfg["modules"] for part in "AB"}
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or unexpected:
         what = f"missing tensor '{missing[0]}'" if missing else f"unexpected tensor '{unexpected[0]}'"
         raise PipelineError(f"{source}: {what} (the adapters do not match their config)")
+    model = load_any(base, map_location, dropout)
+    layers = dict(model.named_modules())
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     with torch.no_grad():
         for name in cfg["modules"]:
             layer = layers.get(name)
             if not isinstance(layer, nn.Linear) or id(layer.weight) in embeddings:
                 raise PipelineError(f"{folder / ADAPTER_CONFIG_FILE}: layer '{name}' does not match the base model in {base}")
-            delta = tensors[f"{name}.lora_B"].float() @ tensors[f"{name}.lora_A"].float()  # (out, r) @ (r, in)
-            if delta.shape != layer.weight.shape or tensors[f"{name}.lora_A"].shape[0] != cfg["rank"]:
-                raise PipelineError(f"{source}: the adapters of '{name}' do not fit its weight {tuple(layer.weight.shape)} at rank {cfg['rank']}")
-            layer.weight += (delta * (cfg["alpha"] / cfg["rank"])).to(layer.weight.device)
+            a, b = tensors[f"{name}.lora_A"].float(), tensors[f"{name}.lora_B"].float()  # (r, in), (out, r)
+            out, inp = layer.weight.shape
+            if a.shape != (cfg["rank"], inp) or b.shape != (out, cfg["rank"]):
+                raise PipelineError(f"{source}: the adapters of '{name}' do not fit its weight {(out, inp)} at rank {cfg['rank']}")
+            layer.weight += ((b @ a) * (cfg["alpha"] / cfg["rank"])).to(layer.weight.device)
     return model
 
 

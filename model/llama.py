@@ -163,7 +163,8 @@ class LlamaBlock(nn.Module):
 
 
 class Llama(Decoder):
-    """Llama-layout language model; the loss, generation and checkpoint files are Decoder's (model/gpt.py)."""
+    """Llama-layout language model; the loss and generation are Decoder's (model/decoder.py), its
+    folders model/folders.py's."""
 
     CONFIG = LlamaConfig
     ARCH = "llama"

@@ -2,8 +2,8 @@
 
 A wrapped layer computes `W x + b + B A dropout(x) * alpha / rank`, with A (rank, in) random
 (Kaiming-uniform, as nn.Linear) and B (out, rank) zero, so training starts from the base model
-exactly. Only A and B train. `merge_lora` folds `B A * alpha / rank` into W and puts plain
-nn.Linear layers back, so a merged model is an ordinary GPT / Llama.
+exactly. Only A and B train. Loading an adapter folder (model/folders.py `read_adapter`) folds
+`B A * alpha / rank` into W, so a loaded model is an ordinary GPT / Llama.
 
 Layers are chosen by name suffix (`c_attn` matches `transformer.h.0.attn.c_attn`; `attn.c_proj`
 only the attention's c_proj). A wrapped layer keeps its `weight` and `bias` under the same names.
@@ -45,18 +45,6 @@ class LoRALinear(nn.Module):
         h = F.linear(self.dropout(x), self.lora_A)  # (B, T, r)
         return y + F.linear(h, self.lora_B) * self.scale  # (B, T, out)
 
-    def delta(self) -> torch.Tensor:
-        """The update to W, (out, in) = B A * alpha / rank."""
-        return (self.lora_B @ self.lora_A) * self.scale
-
-    def merged(self) -> nn.Linear:
-        """A plain nn.Linear with the update folded into its weight."""
-        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        layer.weight = nn.Parameter((self.weight + self.delta()).detach())
-        if self.bias is not None:
-            layer.bias = nn.Parameter(self.bias.detach())
-        return layer
-
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, alpha={self.alpha}"
 
@@ -95,16 +83,6 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float, target
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     """The wrapped layers by name."""
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
-
-
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every adapter into its base weight, in place; returns the model as after loading it:
-    plain nn.Linear layers, every parameter trainable."""
-    for name, layer in lora_layers(model).items():
-        _set_module(model, name, layer.merged())
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return model
 
 
 def adapter_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:

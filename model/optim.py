@@ -25,7 +25,6 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from model.runtime import Dist
 from pipeline.errors import PipelineError
 
 MUON_MOMENTUM_START = 0.85  # Muon's momentum at step 0 when it warms up (modded-nanogpt: 0.85 -> 0.95 over 300 steps)
@@ -205,7 +204,6 @@ def optimizer_step(
     step: int,
     grad_clip: float,
     autocast: Callable[[], contextlib.AbstractContextManager],
-    d: Dist,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step at LR factor `scale` over `micro_batches` (tensors on the device: inputs,
     targets, loss_mask, optionally segment_ids); returns this rank's mean loss and the gradient norm
@@ -214,8 +212,7 @@ def optimizer_step(
     device = next(iter(micro_batches[0].values())).device
     loss_sum = torch.zeros((), device=device)
     for i, batch in enumerate(micro_batches):
-        last = i == len(micro_batches) - 1
-        with gradient_sync(runner, on=last or not d.launched):
+        with gradient_sync(runner, last=i == len(micro_batches) - 1):
             with autocast():
                 _, loss = runner(batch["inputs"], targets=batch["targets"], loss_mask=batch["loss_mask"],
                                  segment_ids=batch.get("segment_ids"))
@@ -230,14 +227,13 @@ def optimizer_step(
     return loss_sum / len(micro_batches), grad_norm
 
 
-def gradient_sync(runner: torch.nn.Module, on: bool) -> contextlib.AbstractContextManager:
-    """Whether this backward reduces gradients over the processes: DDP's `no_sync()` when off (the
-    gradient accumulates locally, reduced once on the last micro-batch). FSDP2 always reduces: its
-    gradients then accumulate as shards, where skipping the reduction would hold a whole unsharded
-    fp32 gradient on every process until the last micro-batch, the memory sharding is there to save."""
-    if hasattr(runner, "set_requires_gradient_sync"):
-        return contextlib.nullcontext()
-    return contextlib.nullcontext() if on or not hasattr(runner, "no_sync") else runner.no_sync()
+def gradient_sync(runner: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
+    """Whether this backward reduces gradients over the processes: under DDP only on the last
+    micro-batch (`no_sync()` before it: the gradient accumulates locally and is reduced once). One
+    process has nothing to reduce, and FSDP2 (no `no_sync`) reduces every micro-batch on purpose: its
+    gradients then accumulate as shards, where waiting would hold a whole unsharded fp32 gradient on
+    every process until the last micro-batch, the memory sharding is there to save."""
+    return runner.no_sync() if not last and hasattr(runner, "no_sync") else contextlib.nullcontext()
 
 
 def check_finite(loss: float, grad_norm: float, where: str, first_step: int, last_step: int, lr: Optional[float] = None) -> None:

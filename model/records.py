@@ -116,9 +116,14 @@ def load_records(path: str | Path) -> list[Record]:
 def encode_segments(tokenizer: Tokenizer, segments: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
     """Token ids of the rendered segments, and a same-length bool mask, True on response and stop tokens.
 
-    Each segment is encoded on its own; a stop becomes its token (or its text's tokens and EOS).
+    Each segment is encoded on its own; a stop becomes its token (or its text's tokens and EOS). With
+    a tokenizer that has a BOS (`bos_id`), the ids start with it, as every pretraining document does
+    (unless the template wrote it), so fine-tuning and chat prompts read like the documents.
     """
     parts = [stop_tokens(tokenizer, text) if kind == STOP else tokenizer.encode(text) for text, kind in segments]
+    bos = getattr(tokenizer, "bos_id", None)
+    if bos is not None and [int(i) for p in parts for i in p][:1] != [bos]:
+        parts, segments = [[bos], *parts], [("", PROMPT), *segments]
     ids = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
     mask = np.concatenate([np.full(len(p), kind != PROMPT) for p, (_, kind) in zip(parts, segments)])
     return ids, mask

@@ -22,42 +22,51 @@ are row slices; `train.optimizer: muon` with `parallel: fsdp` is refused at load
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
 
-from model.checkpoint import STATE_FILE, publish_checkpoint
+from model.checkpoint import checkpoint_folder, finish_checkpoint
 from model.decoder import Decoder
-from model.folders import NETWORKS, TRAIN_MANIFEST_FILE, build
+from model.folders import NETWORKS, build
 from model.runtime import Dist
 from pipeline.errors import PipelineError
-from pipeline.io import write_json
 
 SHARDS_DIR = "shards"  # in a checkpoint folder: the DCP checkpoint of the sharded model and optimizer
 
 
-def on_rank0(make: Callable[[], Decoder], d: Dist) -> tuple[Optional[Decoder], type, object]:
-    """Rank 0 runs `make` (build or load the full model); every rank gets its network class and
-    config. An error on rank 0 is raised on every rank, so none waits for the others."""
-    model, message, failure = None, [None], None
+def main_only(fn: Callable[[], object], d: Dist):
+    """Run `fn` on rank 0 alone and hand its (picklable) result to every rank. An error there is
+    raised on every rank (rank 0's own exception on rank 0, one line elsewhere), so no rank waits
+    forever in the next collective for one that failed (a full disk, a model that does not load)."""
+    message, failure = [None], None
     if d.main:
         try:
-            model = make()
-            message = [(type(model), model.config)]
+            message = [("ok", fn())]
         except Exception as exc:  # every kind: the other ranks would otherwise wait in the broadcast
             failure = exc
-            message = [("error", f"rank 0: {exc}" if not isinstance(exc, PipelineError) else str(exc))]
+            message = [("error", str(exc) if isinstance(exc, PipelineError) else f"rank 0: {type(exc).__name__}: {exc}")]
     dist.broadcast_object_list(message, src=0)
-    kind, value = message[0]
     if failure is not None:
         raise failure
+    kind, value = message[0]
     if kind == "error":
         raise PipelineError(value)
-    return model, kind, value
+    return value
+
+
+def on_rank0(make: Callable[[], Decoder], d: Dist) -> tuple[Optional[Decoder], type, object]:
+    """Rank 0 runs `make` (build or load the full model); every rank gets its network class and config."""
+    built: list[Decoder] = []
+
+    def describe():
+        built.append(make())
+        return type(built[0]), built[0].config
+
+    kind, config = main_only(describe, d)
+    return (built[0] if built else None), kind, config
 
 
 def shard(full: Optional[Decoder], network: type, config, device: torch.device, bf16: bool, compile_blocks: bool) -> Decoder:
@@ -82,12 +91,6 @@ def shard(full: Optional[Decoder], network: type, config, device: torch.device, 
     return model
 
 
-def is_sharded(model: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
-
 def gathered(model: Decoder, d: Dist) -> Optional[Decoder]:
     """The whole model on rank 0's CPU (every rank takes part in the gathering); None elsewhere."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -106,23 +109,13 @@ def _states(model, optimizer) -> dict:
 
 
 def save_sharded(checkpoint_dir: Path, model, optimizer: torch.optim.Optimizer, state: dict, manifest: dict, d: Dist) -> None:
-    """Every rank writes its shards into a temporary folder that rank 0 named; rank 0 adds the train
-    state and the data manifest and puts the folder in place (`model.checkpoint.publish_checkpoint`)."""
+    """Every rank writes its shards into a temporary folder that rank 0 made; rank 0 adds the train
+    state and the data manifest and publishes it as `model.checkpoint.save_checkpoint` does."""
     import torch.distributed.checkpoint as dcp
 
-    folder = [None]
-    if d.main:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        folder = [tempfile.mkdtemp(prefix=f".step-{state['step']:08d}.tmp-{os.getpid()}-", dir=checkpoint_dir)]
-    dist.broadcast_object_list(folder, src=0)
-    tmp = Path(folder[0])
-    dcp.save(_states(model, optimizer), checkpoint_id=tmp / SHARDS_DIR)
-    dist.barrier()
-    if d.main:
-        torch.save(state, tmp / STATE_FILE)
-        write_json(tmp / TRAIN_MANIFEST_FILE, manifest)
-        publish_checkpoint(checkpoint_dir, tmp, checkpoint_dir / f"step-{state['step']:08d}")
-    dist.barrier()
+    tmp = Path(main_only(lambda: str(checkpoint_folder(checkpoint_dir, state["step"])), d))
+    dcp.save(_states(model, optimizer), checkpoint_id=tmp / SHARDS_DIR)  # ends in a collective: every shard is written
+    main_only(lambda: str(finish_checkpoint(checkpoint_dir, tmp, state, manifest)), d)
 
 
 def load_sharded(path: Path, model, optimizer: torch.optim.Optimizer) -> None:
@@ -131,8 +124,6 @@ def load_sharded(path: Path, model, optimizer: torch.optim.Optimizer) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    if not (path / SHARDS_DIR).is_dir():
-        raise PipelineError(f"{path}: not a sharded checkpoint (no {SHARDS_DIR}/); it was saved without train.parallel: fsdp")
     states = _states(model, optimizer)
     dcp.load(states, checkpoint_id=path / SHARDS_DIR)
     set_model_state_dict(model, states["model"])

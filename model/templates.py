@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from model.folders import TEMPLATE_FILE
+from model.folders import TEMPLATE_FILE, read_config
 from pipeline.errors import PipelineError
 from pipeline.tokenizer import CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG_FILE
 
@@ -270,12 +270,13 @@ def _token_text(value) -> str:
     return value if isinstance(value, str) else ""
 
 
-def model_template(folders: Sequence[Path]) -> Template:
+def find_model_template(folders: Sequence[Path]) -> Optional[Template]:
     """Template `model`: the chat template of the first of `folders` that has one
-    (tokenizer_config.json's `chat_template`, else chat_template.jinja); its EOS text is the stop."""
+    (tokenizer_config.json's `chat_template`, else chat_template.jinja); its EOS text is the stop.
+    None when no folder has one; a template that is there but broken is a one-line error."""
     for folder in folders:
         config_path, jinja_path = folder / TOKENIZER_CONFIG_FILE, folder / CHAT_TEMPLATE_FILE
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        config = read_config(config_path) if config_path.is_file() else {}
         source, where = config.get("chat_template"), config_path
         if isinstance(source, list):  # several named templates: the default one
             source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"), None)
@@ -289,8 +290,16 @@ def model_template(folders: Sequence[Path]) -> Template:
         compile_checked(source, str(where))
         return Template(name=MODEL, chat_template=source, bos_token=_token_text(config.get("bos_token")),
                         eos_token=eos, stop=eos or None, source=str(where))
-    names = " or ".join(f"{f / TOKENIZER_CONFIG_FILE} ('chat_template') or {f / CHAT_TEMPLATE_FILE}" for f in folders)
-    raise PipelineError(f"finetune.template: 'model' needs a chat template in {names}")
+    return None
+
+
+def model_template(folders: Sequence[Path]) -> Template:
+    """`find_model_template`, required: naming every place it looked when there is none."""
+    template = find_model_template(folders)
+    if template is None:
+        names = " or ".join(f"{f / TOKENIZER_CONFIG_FILE} ('chat_template') or {f / CHAT_TEMPLATE_FILE}" for f in folders)
+        raise PipelineError(f"finetune.template: 'model' needs a chat template in {names}")
+    return template
 
 
 def compile_checked(source: str, where: str) -> None:

@@ -1,4 +1,4 @@
-"""The `train` stage: pretraining on the packed blocks, resumable, single process or DDP.
+"""The `train` stage: pretraining on the packed blocks, resumable, single process, DDP or FSDP2.
 
 `python -m model.train` (or `torchrun --nproc_per_node N -m model.train`) reads
 `data/packed/train/` and `data/packed/val/<source>/` (indices over the memory-mapped token
@@ -8,7 +8,8 @@ stores) and writes
 - `data/checkpoints/step-NNNNNNNN/`: the latest checkpoint (`model.checkpoint`; sharded under FSDP,
   `model.shard`). A new run with the same fingerprint (params that change the math, the global
   batch, data manifests, code) resumes from it and ends with the same weights, bit for bit on CPU,
-  as an uninterrupted run; the number of processes may change if the global batch stays;
+  as an uninterrupted run; the number of processes may change if the global batch stays and there
+  is no dropout (then the sums run in another order: within ~1e-5, see docs/gpu.md for the limits);
 - the metrics of `model.metrics`: DVCLive in `metrics/train/`, the timing file, a W&B run.
 
 Data order and prefetching: `model.stream`. The optimizer (AdamW, or Muon + AdamW): `model.optim`.
@@ -30,7 +31,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from model.checkpoint import STATE_FORMAT, fingerprint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from model.checkpoint import STATE_FORMAT, fingerprint, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from model.config import ModelConfig, TrainConfig
 from model.folders import TRAIN_MANIFEST_FILE, read_ours, write_ours
 from model.layers import resolve_doc_mask_kernel
@@ -40,7 +41,7 @@ from model.runtime import (
     Dist, all_reduce_sum, autocast_for, gather, init_distributed, peak_flops, prepare, set_threads, shutdown, uses_bf16,
 )
 from model.scoring import block_losses, check_compatible, folder_tokenizer, load_val_sets, spread_rows, tokenizer_name
-from model.shard import gathered, load_sharded, on_rank0, save_sharded, shard
+from model.shard import SHARDS_DIR, gathered, load_sharded, on_rank0, save_sharded, shard
 from model.stream import BlockOrder, Position, Prefetcher
 from pipeline.blocks import Blocks, load_blocks
 from pipeline.commands import stage_arguments
@@ -139,11 +140,13 @@ def build_model(seed: int, model_cfg: ModelConfig, cfg: TrainConfig, manifest: d
 def run_fingerprint(seed: int, model_cfg: ModelConfig, cfg: TrainConfig, data_hashes: dict[str, str], world: int, sharded: bool) -> str:
     """What a checkpoint must share with this run to be resumed (see `model.checkpoint.fingerprint`):
     the global batch (batch_size x processes: each step reads the same blocks whatever their
-    split), not the number of processes, and whether it is sharded (another checkpoint format)."""
+    split), and whether it is sharded (another checkpoint format). The number of processes only
+    with dropout: each process draws its own dropout masks, from a random state saved per process."""
     train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPERATIONAL_KEYS + ("batch_size", "parallel")}
     root = Path(__file__).resolve().parent.parent
     parts = {"seed": seed, "model": dataclasses.asdict(model_cfg), "train": train, "data": data_hashes,
-             "global_batch": cfg.batch_size * world, "sharded": sharded}
+             "global_batch": cfg.batch_size * world, "sharded": sharded,
+             "processes": world if model_cfg.dropout > 0 else None}
     return fingerprint(parts, [root / f for f in TRAJECTORY_CODE], cfg.start_folder)
 
 
@@ -227,7 +230,13 @@ class Run:
     sharded: bool = False  # FSDP: the model's and optimizer's tensors are shards (model.shard)
 
     def resume(self) -> None:
-        """Continue from the latest checkpoint of this fingerprint, if there is one."""
+        """Continue from the latest checkpoint of this fingerprint, if there is one. A checkpoint in the
+        other format (sharded or not) is refused rather than replaced: starting fresh would delete it."""
+        latest = latest_checkpoint(self.checkpoint_dir)
+        if latest is not None and (latest / SHARDS_DIR).is_dir() != self.sharded:
+            how = "without train.parallel: fsdp" if self.sharded else "with train.parallel: fsdp under torchrun"
+            raise PipelineError(f"{latest}: a checkpoint saved {how}; run that way to resume it, or delete "
+                                f"{self.checkpoint_dir} to start fresh")
         found = load_checkpoint(self.checkpoint_dir, self.print_fn, self.fingerprint)
         if found is None:
             return
@@ -238,7 +247,7 @@ class Run:
             self.model.load_state_dict(read_ours(path, map_location=self.device).state_dict())
             self.optimizer.load_state_dict(state["optimizer"])
         rngs = state["rng"]
-        set_rng_state(rngs[self.d.rank] if self.d.rank < len(rngs) else rngs[0], self.device)
+        set_rng_state(rngs[self.d.rank % len(rngs)], self.device)  # another number of processes: only without dropout
         self.pos = Position(**state["position"])
         self.window_start = self.pos.step
         self.tracker.restore(state.get("history"))
@@ -270,7 +279,7 @@ class Run:
         batches = [{k: v.to(self.device, non_blocking=True) for k, v in b.items()} for b in data.micro_batches]
         scale = lr_at(self.pos.step, self.cfg) / self.cfg.lr
         loss, grad_norm = optimizer_step(self.runner, self.optimizer, batches, scale, self.pos.step, self.cfg.grad_clip,
-                                         autocast_for(self.device, self.cfg.precision), self.d)
+                                         autocast_for(self.device, self.cfg.precision))
         self.pos.step, self.pos.epoch, self.pos.index = self.pos.step + 1, data.epoch, data.index
         if self.window is None:
             self.window = (loss, grad_norm)

@@ -69,6 +69,11 @@ def dvc_experiments(repo: Path = Path("."), revs: list[str] | None = None) -> li
     return json.loads(result.stdout)
 
 
+def experiment_names(rows: list) -> set[str]:
+    """Names of the experiments in `dvc exp show --json` rows, run or queued."""
+    return {exp.get("name") for row in rows for exp in row.get("experiments") or []}
+
+
 def parse_runs(rows: list, include_workspace: bool = False) -> list[Run]:
     """Flatten `dvc exp show --json` into the runs that carry eval metrics, in listing order."""
     runs = []

@@ -133,7 +133,7 @@ class PackConfig:
 @dataclass
 class ExecutorConfig:
     """Where tokenize, dedup and scan run their tasks. The outputs are the same, byte for byte, however
-    they run, so this section is no DVC param: switching never re-runs a stage (docs/cost.md)."""
+    they run, so this section is no DVC param: switching never re-runs a stage (docs/scale.md)."""
 
     kind: Literal["local", "ray"] = "local"  # local (a process pool on this machine) | ray (a Ray cluster; pip install -e ".[ray]")
     workers: int = limit(0, at_least=0)  # tasks at once: 0 = this machine's cores (local) or one per CPU of the cluster (ray)

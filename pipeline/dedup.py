@@ -293,13 +293,13 @@ def report(corpus: Corpus, tokenizer: Tokenizer, cfg: DedupConfig, final_first: 
 
 
 @cli
-def main(argv: Optional[Sequence[str]] = None, workers: Optional[int] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     stage_arguments(__doc__, "pipeline.dedup", argv)
     params = load_params()
     names = list(params.sources)
     remove_dropped_sources(TOKENS_DIR, names, "dedup")
     corpus = Corpus(names, [TokenStore(TOKENS_DIR / n) for n in names])
-    metrics, text = dedup(corpus, params.dedup, VOCAB_DIR, DEDUP_DIR, workers or workers_for(params.executor))
+    metrics, text = dedup(corpus, params.dedup, VOCAB_DIR, DEDUP_DIR, workers_for(params.executor))
     write_json(DEDUP_METRICS, metrics)
     with atomic_file(DEDUP_REPORT) as handle:
         handle.write(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 from typing import Callable
 
 
@@ -17,7 +18,7 @@ class ConfigError(PipelineError):
 
 def cli(main: Callable[..., None]) -> Callable[..., None]:
     """Run a command's `main()`, printing `error: ...` and exiting 1 on a PipelineError, and on a
-    missing input file (a stage run before the stage that writes its input, say)."""
+    missing file (under data/ or metrics/: a stage run before the stage that writes its input)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -27,7 +28,10 @@ def cli(main: Callable[..., None]) -> Callable[..., None]:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(1)
         except FileNotFoundError as exc:
-            print(f"error: {exc.filename or exc}: not found (run the stages before this one first: `dvc repro`)", file=sys.stderr)
+            missing = str(exc.filename or exc)
+            made_by_stages = Path(missing).parts[:1] in (("data",), ("metrics",))  # what `dvc repro` writes
+            hint = " (run the stages before this one first: `dvc repro`)" if made_by_stages else ""
+            print(f"error: {missing}: not found{hint}", file=sys.stderr)
             sys.exit(1)
 
     return wrapper

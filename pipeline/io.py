@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Collection, Iterator
 
+from pipeline.errors import PipelineError
+
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
@@ -118,7 +120,11 @@ def write_json(path: str | Path, data: object) -> None:
 
 
 def read_json(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+    """A JSON file's content; one line naming the file when it is not JSON (a truncated write, a hand edit)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise PipelineError(f"{path}: not valid JSON ({exc})") from None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -25,9 +25,10 @@ recommendation with an interval (or an honest "cannot tell"), and a check at ful
   the intervals hold for every candidate mixture at once (a sup-t band), because the
   recommendation is chosen as the minimum of a noisy fit. When the gain over uniform is not surely
   positive, the report says the proxies cannot tell the mixtures apart and how many runs would.
-- **verify** trains the recommendation, uniform and the best observed mixture at full size with
-  `--seeds` seeds each (`verify-<label>-<digest of its shares>-s<seed>`), and once they have run,
-  reports each one's target (mean ± s.e.), the paired differences with 95% intervals, the winner.
+- **verify** trains the recommended, fitted, uniform and best observed mixtures (those that differ)
+  at full size with `--seeds` seeds each (`verify-<label>-<digest of its shares and --set>-s<seed>`),
+  and once they have run, reports each one's target (mean ± s.e.), the paired differences with 95%
+  intervals, the winner (run it again with the same --set).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from typing import Optional, Sequence
 import numpy as np
 import yaml
 
-from pipeline.compare import Run, dvc_experiments, parse_runs
+from pipeline.compare import Run, dvc_experiments, experiment_names, parse_runs
 from pipeline.config import PARAMS_FILE, Params, load_params
 from pipeline.commands import command_parser
 from pipeline.errors import PipelineError, cli
@@ -414,24 +415,31 @@ def verify_candidates(report: dict) -> dict[str, dict[str, float]]:
 
 
 def verify_runs(report: dict, seed: int, seeds: int, sets: dict[str, str]) -> list[tuple[str, dict]]:
-    """(name, -S changes) of each candidate at each seed: `verify-<label>-<digest of its shares>-s<seed>`,
-    so a new fit's candidates never take an older fit's runs for theirs."""
+    """(name, -S changes) of each candidate at each seed: `verify-<label>-<digest>-s<seed>`, the
+    digest of its changes less the seed (shares and --set), so a new fit's candidates, or the same
+    ones with other settings, never take older runs for theirs."""
+    return [(f"{name}-s{s}", {**changes, "seed": s}) for label, (name, changes) in _verify_settings(report, sets).items()
+            for s in range(seed, seed + seeds)]
+
+
+def _verify_settings(report: dict, sets: dict[str, str]) -> dict[str, tuple[str, dict]]:
+    """Per candidate label: the name of its runs without the seed, and their -S changes."""
     extra = {k: yaml.safe_load(v) for k, v in sets.items()}
-    return [(f"verify-{label}-{_digest(shares)}-s{s}", {**_weights(shares), **extra, "seed": s})
-            for label, shares in verify_candidates(report).items() for s in range(seed, seed + seeds)]
+    out = {}
+    for label, shares in verify_candidates(report).items():
+        changes = {**_weights(shares), **extra}
+        digest = hashlib.sha1(json.dumps(changes, sort_keys=True).encode()).hexdigest()[:6]
+        out[label] = (f"verify-{label}-{digest}", changes)
+    return out
 
 
-def _digest(shares: dict[str, float]) -> str:
-    return hashlib.sha1(json.dumps(shares, sort_keys=True).encode()).hexdigest()[:6]
-
-
-def verify_report(rows: list, report: dict, out_dir: Path) -> Optional[dict]:
+def verify_report(rows: list, report: dict, sets: dict[str, str], out_dir: Path) -> Optional[dict]:
     """Each candidate's target over its finished seeds, the paired differences and the winner; None
     when fewer than two candidates have two finished seeds."""
     terms = report["target"]
     weights = np.array(list(terms.values()))
     values: dict[str, dict[int, float]] = {}
-    by_name = {f"verify-{label}-{_digest(shares)}": label for label, shares in verify_candidates(report).items()}
+    by_name = {name: label for label, (name, _) in _verify_settings(report, sets).items()}
     for run in parse_runs(rows):
         name, _, seed = run.name.rpartition("-s")
         found = metric_values(run, terms)
@@ -517,7 +525,7 @@ def parse_sets(pairs: Sequence[str]) -> dict[str, str]:
 def queue(runs: list[tuple[str, dict]], dry_run: bool) -> int:
     """Queue each (name, changes) as `dvc exp run --queue ... evaluate` unless an experiment has the
     name already; return how many were queued."""
-    known = set() if dry_run else _experiment_names()
+    known = set() if dry_run else experiment_names(dvc_experiments())
     present = params_keys()
     queued = 0
     for name, changes in runs:
@@ -531,11 +539,6 @@ def queue(runs: list[tuple[str, dict]], dry_run: bool) -> int:
                 raise PipelineError(f"dvc exp run --queue -n {name}: {(done.stderr.strip().splitlines() or ['failed'])[-1]}")
         queued += 1
     return queued
-
-
-def _experiment_names() -> set[str]:
-    """Names of the experiments run or queued (`dvc exp show` lists both)."""
-    return {exp.get("name") for row in dvc_experiments() for exp in row.get("experiments") or []}
 
 
 def build_parser(prog: str = "python -m pipeline.mixsearch") -> argparse.ArgumentParser:
@@ -603,12 +606,13 @@ def _verify(args: argparse.Namespace) -> None:
     if not Path(PARAMS_FILE).is_file():
         raise PipelineError(f"{PARAMS_FILE}: file not found (run from the project's root)")
     report = read_json(path)
-    queued = queue(verify_runs(report, load_params().seed, args.seeds, parse_sets(args.set)), args.dry_run)
+    sets = parse_sets(args.set)
+    queued = queue(verify_runs(report, load_params().seed, args.seeds, sets), args.dry_run)
     if queued or args.dry_run:
         if not args.dry_run:
             print(f"queued {queued} full-size runs; run them with `dvc exp run --run-all`, then `python -m pipeline.mixsearch verify` again")
         return
-    result = verify_report(dvc_experiments(), report, REPORTS_DIR)
+    result = verify_report(dvc_experiments(), report, sets, REPORTS_DIR)
     if result is None:
         raise PipelineError("verify: fewer than two mixtures have two finished seeds; run `dvc exp run --run-all` first")
     print(result["verdict"])

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import yaml
 
-from pipeline.compare import dvc_experiments, parse_runs
+from pipeline.compare import dvc_experiments, experiment_names, parse_runs
 from pipeline.commands import command_parser
 from pipeline.config import PARAMS_FILE
 from pipeline.errors import PipelineError, cli
@@ -95,7 +95,8 @@ def _branch() -> str:
     return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() != "HEAD" else "baseline"
 
 
-def _set(text: str) -> tuple[str, object]:
+def parse_change(text: str) -> tuple[str, object]:
+    """`-S key=value` as (key, value), the value read as YAML (as DVC's -S reads it)."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise PipelineError(f"-S {text}: expected key=value")
@@ -123,7 +124,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m pipeline.r
         raise PipelineError(f"{PARAMS_FILE}: seed: replicates need an integer top-level seed")
     rows = dvc_experiments()
     runs = parse_runs(rows)
-    named = {exp.get("name") for row in rows for exp in row.get("experiments") or []}
+    named = experiment_names(rows)
     target = workspace
     if args.exp:
         found = [r for r in runs if r.name == args.exp]
@@ -131,7 +132,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m pipeline.r
             raise PipelineError(f"--exp: no experiment named '{args.exp}' with metrics (dvc exp show lists them)")
         target = found[0].params
     changes = overrides(workspace, target)
-    changes.update(dict(_set(s) for s in args.set))
+    changes.update(dict(parse_change(s) for s in args.set))
     if "seed" in changes:
         raise PipelineError("-S seed: replicates choose the seeds themselves (--seeds N: seed, seed + 1, ...)")
     setting = _without_seed(flatten(workspace) | changes)
@@ -141,8 +142,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m pipeline.r
     queued = [(name, change) for name, change in planned if name not in named]
     for name in waiting:
         print(f"{name} is already queued or run")
+    present = set(flatten(workspace))
     for name, change in queued:
-        result = subprocess.run(exp_command(name, change, present=params_keys()), capture_output=True, text=True)
+        result = subprocess.run(exp_command(name, change, present=present), capture_output=True, text=True)
         if result.returncode != 0:
             raise PipelineError(f"dvc exp run --queue -n {name}: {(result.stderr.strip().splitlines() or ['failed'])[-1]}")
         print(f"queued {name}")

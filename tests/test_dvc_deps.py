@@ -65,6 +65,15 @@ PATH_PARAMS = {
 PATH_FIELDS = {"path", "init_from", "data", "vocab"}
 
 
+def test_the_tracked_path_params_are_the_ones_load_params_requires():
+    """dvc.yaml can interpolate only keys written in params.yaml, which load_params requires for
+    exactly TRACKED_PATHS: a path param a stage reads must be among them (sources' paths are
+    written per source anyway)."""
+    from pipeline.config import TRACKED_PATHS
+
+    assert set(PATH_PARAMS) - {"sources.*.path"} == set(TRACKED_PATHS)
+
+
 def path_fields(cls, prefix: str) -> set[str]:
     """The path-like fields of a params dataclass, recursively (`sources` entries as `sources.*`)."""
     import dataclasses

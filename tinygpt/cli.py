@@ -14,6 +14,8 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
+from pipeline.commands import command_parser
+
 # name -> (module with build_parser(prog) and main(argv, prog), what it does)
 COMMANDS = {
     "small": ("tinygpt.small", "a complete small run of every stage on your data (about a minute on 2 cores)"),
@@ -28,9 +30,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    first, _, rest = __doc__.strip().partition("\n")
-    parser = argparse.ArgumentParser(prog="tinygpt", description=first, epilog=rest.strip("\n"),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__, "tinygpt")
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name, (_, summary) in COMMANDS.items():
         command = commands.add_parser(name, help=summary, description=summary, add_help=False)

@@ -5,7 +5,8 @@
     tinygpt small -S train.max_iters=30    # more changes on top
     tinygpt small --dry-run                # print the dvc command and run nothing
 
-Run again, it names the next experiment small-2, small-3, ... (DVC refuses a name it already has).
+Run again, it names the next experiment small-2, small-3, ... (DVC refuses a name it already has;
+--dry-run does not look, and prints the default name).
 
 Why an experiment: the run is an ordinary DVC experiment of the current commit (`dvc exp show`
 lists it with its params and metrics), so it is exactly as reproducible as `dvc repro` and the
@@ -21,6 +22,7 @@ model of 100M+ parameters takes longer than a minute even for these few steps).
 from __future__ import annotations
 
 import argparse
+import copy
 import subprocess
 from pathlib import Path
 from typing import Optional, Sequence
@@ -30,7 +32,8 @@ import yaml
 from pipeline.commands import command_parser
 from pipeline.config import PARAMS_FILE, Params
 from pipeline.errors import PipelineError, cli
-from pipeline.replicate import exp_command, flatten
+from pipeline.compare import dvc_experiments, experiment_names
+from pipeline.replicate import exp_command, flatten, parse_change
 from pipeline.typed import from_dict
 
 NAME = "small"
@@ -53,7 +56,7 @@ PROFILE = {
 
 def with_changes(params: dict, changes: dict) -> dict:
     """A copy of the params with each dotted key of `changes` set (missing sections created)."""
-    out = yaml.safe_load(yaml.safe_dump(params))
+    out = copy.deepcopy(params)
     for key, value in changes.items():
         *path, last = key.split(".")
         node = out
@@ -80,24 +83,9 @@ def free_name(base: str, taken: set[str]) -> str:
     return name
 
 
-def experiment_names() -> set[str]:
-    """Names of this commit's DVC experiments (none outside a DVC repository)."""
-    done = subprocess.run(["dvc", "exp", "list", "--name-only"], capture_output=True, text=True)
-    return set(done.stdout.split()) if done.returncode == 0 else set()
-
-
-def _changes(pairs: Sequence[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise PipelineError(f"-S {pair}: expected key=value")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def build_parser(prog: str = "python -m tinygpt.small") -> argparse.ArgumentParser:
-    parser = command_parser(__doc__, prog)
+    profile = "\n".join(f"    {key}: {value}" for key, value in PROFILE.items())
+    parser = command_parser(f"{__doc__}\nThe profile:\n{profile}\n", prog)
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="a further params change")
     parser.add_argument("-n", "--name", help=f"the experiment's name (default {NAME}, or {NAME}-2, ... if taken)")
     parser.add_argument("--dry-run", action="store_true", help="print the dvc command, run nothing")
@@ -110,11 +98,15 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m tinygpt.sm
     if not Path(PARAMS_FILE).is_file():
         raise PipelineError(f"{PARAMS_FILE}: file not found (run from the project's root)")
     params = yaml.safe_load(Path(PARAMS_FILE).read_text())
-    name = args.name or free_name(NAME, experiment_names())
+    changes = dict(parse_change(pair) for pair in args.set)
     try:
-        command = small_command(params, _changes(args.set), name)
+        command = small_command(params, changes, args.name or NAME)  # checked before DVC is asked anything
     except PipelineError as exc:
-        raise PipelineError(f"{name} profile: {exc}") from None
+        raise PipelineError(f"small profile: {exc}") from None
+    name = args.name or NAME
+    if not args.name and not args.dry_run:
+        name = free_name(NAME, experiment_names(dvc_experiments()))
+        command = small_command(params, changes, name)
     print(" ".join(command), flush=True)
     if not args.dry_run and subprocess.run(command).returncode != 0:
         raise PipelineError(f"dvc exp run -n {name} failed (its output is above)")

@@ -13,7 +13,7 @@ from model.finetune import finetune
 from model.folders import ADAPTER_CONFIG_FILE, ADAPTER_FILE, load_any, refuse_untracked_base, write_adapter
 from model.gpt import GPT, GPTConfig
 from model.llama import Llama, LlamaConfig
-from model.lora import LoRALinear, adapter_state, apply_lora, merge_lora, trainable_params
+from model.lora import LoRALinear, adapter_state, apply_lora, trainable_params
 from model.records import load_records
 from model.templates import DEFAULT_TEMPLATE
 from model.config import FinetuneConfig, LoraConfig
@@ -62,17 +62,21 @@ def test_only_the_adapters_train(arch, layers):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "modern", "llama"])
-def test_merged_equals_unmerged(arch):
+def test_merged_equals_unmerged(tmp_path, arch):
+    """Loading an adapter folder folds the adapters in: the same outputs as the wrapped layers."""
     model = tiny(arch)
+    save_model(tiny(arch), tmp_path / "base")
     apply_lora(model, rank=4, alpha=16, dropout=0.0, targets=["c_attn", "mlp.c_proj", "q_proj", "down_proj"])
     randomize_adapters(model)
     idx = torch.randint(0, 40, (2, 12))
     unmerged = logits(model, idx)
     assert (unmerged - logits(tiny(arch), idx)).abs().max() > 1e-3  # the adapters do change the output
-    merge_lora(model)
-    assert not any(isinstance(m, LoRALinear) for m in model.modules())
-    assert all(p.requires_grad for p in model.parameters())  # an ordinary model again
-    assert (logits(model, idx) - unmerged).abs().max() < 1e-5
+    (tmp_path / "adapter").mkdir()
+    write_adapter(tmp_path / "adapter", *adapter_state(model), base=tmp_path / "base")
+    merged = load_any(tmp_path / "adapter")
+    assert not any(isinstance(m, LoRALinear) for m in merged.modules())
+    assert all(p.requires_grad for p in merged.parameters())  # an ordinary model again
+    assert (logits(merged.eval(), idx) - unmerged).abs().max() < 1e-5
 
 
 def test_dropout_acts_on_the_adapter_input_in_training_only():
@@ -125,6 +129,12 @@ def test_lora_errors_are_one_line(tmp_path):
         load_any(folder)
     (folder / ADAPTER_CONFIG_FILE).write_text(json.dumps({"base": "../gone", "rank": "8"}))
     with pytest.raises(PipelineError, match="adapter_config.json: 'rank' must be an integer, got \"8\""):
+        load_any(folder)
+    save_model(tiny("gpt2"), tmp_path / "base")
+    write_adapter(folder, *adapter_state(model), base=tmp_path / "base")
+    config = json.loads((folder / ADAPTER_CONFIG_FILE).read_text())
+    (folder / ADAPTER_CONFIG_FILE).write_text(json.dumps({**config, "rank": 3}))  # the tensors are rank 2
+    with pytest.raises(PipelineError, match=r"adapter.safetensors: the adapters of '.*c_attn' do not fit its weight \(96, 32\) at rank 3$"):
         load_any(folder)
 
 

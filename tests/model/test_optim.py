@@ -7,7 +7,7 @@ import torch
 
 from model.gpt import GPT, GPTConfig
 from model.optim import adamw, check_finite, optimizer_step, warmup_cosine
-from model.runtime import Dist, autocast_for
+from model.runtime import autocast_for
 from pipeline.errors import PipelineError
 
 CPU = torch.device("cpu")
@@ -34,7 +34,7 @@ def test_adamw_decays_only_matrices():
 def test_accumulated_micro_batches_equal_one_batch():
     rows = torch.randint(0, 37, (8, 17), generator=torch.Generator().manual_seed(1))
     whole, parts = tiny(), tiny()
-    args = dict(scale=1.0, step=0, grad_clip=1.0, autocast=autocast_for(CPU), d=Dist())
+    args = dict(scale=1.0, step=0, grad_clip=1.0, autocast=autocast_for(CPU))
     loss_whole, norm_whole = optimizer_step(whole, adamw(whole, 0.1, 1e-2, (0.9, 0.99), CPU), [batch(rows)], **args)
     loss_parts, norm_parts = optimizer_step(parts, adamw(parts, 0.1, 1e-2, (0.9, 0.99), CPU), [batch(rows[:4]), batch(rows[4:])], **args)
     assert isinstance(loss_whole, torch.Tensor) and loss_whole.dim() == 0, "values stay on the device"
@@ -48,7 +48,7 @@ def test_the_step_sets_the_lr_and_clips():
     model = tiny()
     opt = adamw(model, 0.0, 1.0, (0.9, 0.99), CPU)
     rows = torch.randint(0, 37, (4, 17), generator=torch.Generator().manual_seed(2))
-    _, norm = optimizer_step(model, opt, [batch(rows)], 3e-3, 0, 1e-3, autocast_for(CPU), Dist())
+    _, norm = optimizer_step(model, opt, [batch(rows)], 3e-3, 0, 1e-3, autocast_for(CPU))
     assert all(g["lr"] == 3e-3 and g["peak_lr"] == 1.0 for g in opt.param_groups) and float(norm) > 1e-3  # the norm before clipping
 
 
@@ -58,7 +58,7 @@ def test_non_finite_values_stop_with_one_line_naming_the_section_and_steps(where
     with torch.no_grad():
         model.lm_head.weight.fill_(float("inf"))
     rows = torch.randint(0, 37, (2, 17), generator=torch.Generator().manual_seed(3))
-    loss, norm = optimizer_step(model, adamw(model, 0.0, 1e-3, (0.9, 0.99), CPU), [batch(rows)], 1.0, 7, 1.0, autocast_for(CPU), Dist())
+    loss, norm = optimizer_step(model, adamw(model, 0.0, 1e-3, (0.9, 0.99), CPU), [batch(rows)], 1.0, 7, 1.0, autocast_for(CPU))
     with pytest.raises(PipelineError, match=rf"{where}: (loss|gradient norm) is (nan|inf) at step 8 \(lr 0.001\); lower {where}.lr") as err:
         check_finite(float(loss), float(norm), where, 8, 8, 1e-3)
     assert "\n" not in str(err.value)
@@ -152,7 +152,7 @@ def test_muon_state_round_trips_and_refuses_an_adamw_checkpoint():
     rows = torch.randint(0, 37, (4, 17), generator=torch.Generator().manual_seed(2))
     cfg = TrainConfig(optimizer="muon")
     opt = muon(model, cfg, CPU)
-    optimizer_step(model, opt, [batch(rows)], 1.0, 0, 1.0, autocast_for(CPU), Dist())
+    optimizer_step(model, opt, [batch(rows)], 1.0, 0, 1.0, autocast_for(CPU))
     state = opt.state_dict()
     assert set(state) == {"muon", "adamw"}
     again = muon(model, cfg, CPU)

@@ -202,10 +202,9 @@ def test_ddp_two_processes_gloo(tmp_path, optimizer):
     paths = make_data(tmp_path / "d")
     train_cfg = cfg(max_iters=20, eval_interval=10, checkpoint_interval=10, batch_size=4, optimizer=optimizer)
     spec = write_spec(tmp_path, "ddp", paths, MODERN if optimizer == "muon" else TINY, train_cfg)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    out = subprocess.run([*torchrun, str(tmp_path / "runner.py"), str(spec)], env=env(), cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
+    proc = torchrun(tmp_path, spec, 2, stderr=subprocess.PIPE, text=True)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
     w0 = torch.load(tmp_path / "ddp.pt.rank0", weights_only=True)
     w1 = torch.load(tmp_path / "ddp.pt.rank1", weights_only=True)
     for k in w0:
@@ -275,6 +274,19 @@ def test_checkpoint_of_other_params_is_not_resumed(tmp_path):
                   **dict(paths, out_dir=tmp_path / "m2", checkpoint_dir=tmp_path / "c2"))
     for k, v in fresh.model.state_dict().items():
         assert torch.equal(v, changed.model.state_dict()[k]), k
+
+
+def test_a_checkpoint_of_the_other_format_is_refused_not_replaced(tmp_path):
+    """A sharded checkpoint met by an unsharded run (or the reverse) stops the run in one line:
+    starting fresh would delete it on the first new checkpoint."""
+    paths = make_data(tmp_path / "d")
+    train(0, ModelConfig(**TINY), cfg(max_iters=6, eval_interval=0), **paths)
+    latest = latest_checkpoint(paths["checkpoint_dir"])
+    (latest / "shards").mkdir()  # as a sharded run leaves it
+    with pytest.raises(PipelineError, match=r"step-00000006: a checkpoint saved with train.parallel: fsdp under torchrun; "
+                                            r"run that way to resume it, or delete .* to start fresh$"):
+        train(0, ModelConfig(**TINY), cfg(max_iters=8, eval_interval=0), **paths)
+    assert (latest / "shards").is_dir()
 
 
 def test_init_from_checkpoint_continues(tmp_path):

@@ -143,10 +143,12 @@ def test_verify_queues_three_mixtures_at_full_size_and_names_the_winner(tmp_path
               "uniform": {"shares": {"code": 0.333, "docs": 0.333, "prose": 0.333}},
               "best_observed": {"shares": {"code": 0.45, "docs": 0.25, "prose": 0.3}}}
     assert list(verify_candidates(report)) == ["recommended", "uniform", "best-observed"]
-    runs = verify_runs(report, 1337, 3, {"train.max_iters": "100"})
+    sets = {"train.max_iters": "100"}
+    runs = verify_runs(report, 1337, 3, sets)
     names = [name for name, _ in runs]
     assert [n.rsplit("-", 1)[-1] for n in names[:3]] == ["s1337", "s1338", "s1339"] and names[0].startswith("verify-recommended-")
     assert len({n.rsplit("-", 1)[0] for n in names}) == 3, "one name per mixture, its shares' digest in it"
+    assert not {n for n, _ in verify_runs(report, 1337, 3, {"train.max_iters": "200"})} & set(names), "other settings, other runs"
     assert runs[3][1] == {"mix.weights.code": 0.333, "mix.weights.docs": 0.333, "mix.weights.prose": 0.333,
                           "train.max_iters": 100, "seed": 1337}
     rng = np.random.default_rng(0)
@@ -157,8 +159,8 @@ def test_verify_queues_three_mixtures_at_full_size_and_names_the_winner(tmp_path
             exps.append(experiment(next(n for n in names if n.startswith(f"verify-{label}-") and n.endswith(f"-s{s}")), shares, values, s))
     stale = experiment("verify-recommended-000000-s1337", {"code": 0.9, "docs": 0.05, "prose": 0.05}, np.full(3, 9.0), 1337)
     exps.append(stale)  # an older fit's run under the same label: not this report's
-    assert verify_report([{"rev": "workspace", "data": {}}, {"rev": "f" * 40, "experiments": exps[:4]}], report, tmp_path) is None
-    result = verify_report([{"rev": "workspace", "data": {}}, {"rev": "f" * 40, "experiments": exps}], report, tmp_path)
+    assert verify_report([{"rev": "workspace", "data": {}}, {"rev": "f" * 40, "experiments": exps[:4]}], report, sets, tmp_path) is None
+    result = verify_report([{"rev": "workspace", "data": {}}, {"rev": "f" * 40, "experiments": exps}], report, sets, tmp_path)
     assert result["winner"] == "recommended"
     assert result["differences"]["uniform"]["mean"] > result["differences"]["uniform"]["half"] > 0, "paired by seed: sure"
     assert result["verdict"].startswith("recommended wins: better than uniform by")
