@@ -45,6 +45,19 @@ def test_the_checkpoints_own_template_comes_first(chatty, tmp_path):
     assert chat_template(folder, folder / "tokenizer", "alpaca").name == "alpaca"
     (folder / "tokenizer" / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}|{% endfor %}")
     assert chat_template(folder, folder / "tokenizer", "alpaca").name == "model"
+    (folder / "tokenizer" / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }")
+    with pytest.raises(PipelineError, match=r"chat_template.jinja: chat_template: TemplateSyntaxError"):
+        chat_template(folder, folder / "tokenizer", "alpaca")  # a broken template of its own is no reason to fall back
+
+
+def test_prompts_and_fine_tuning_examples_start_with_bos_when_the_tokenizer_has_one(chatty):
+    _, tok, _ = chatty
+    segments = render_segments([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], CHATML)
+    plain, _ = encode_segments(tok, segments)
+    tok.bos_id = tok.encode("#")[0]  # as a Hugging Face tokenizer with a BOS token
+    ids, mask = encode_segments(tok, segments)
+    assert ids.tolist() == [tok.bos_id, *plain.tolist()] and not mask[0], "BOS first, and never a training target"
+    assert prompt_ids(tok, [{"role": "user", "content": "hi"}], CHATML, 256, 40)[0] == tok.bos_id
 
 
 def test_a_multi_turn_prompt_is_the_training_rendering_plus_the_reply_opening(chatty):
